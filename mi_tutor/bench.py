@@ -1,0 +1,174 @@
+"""A benchmark, not a test: wall time and peak memory of every notebook and of model loading.
+
+``mi-tutor bench`` (or ``./run.sh bench``) writes ``benchmarks/results.json`` and
+``benchmarks/results.md``. Each measurement runs in a fresh subprocess, so peak RSS is that
+process's own high-water mark (``ru_maxrss``); for notebooks it is the kernel's.
+
+Budgets come from the notebook issues; the table says which are met. Numbers depend on the
+machine and on what else it is doing: the table records the machine and its load average.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .notebooks import repo_root, source_notebooks
+
+#: (wall seconds, peak RSS GB) per notebook number, from the issues.
+BUDGETS: dict[str, tuple[float, float]] = {
+    "00": (60, 1.0), "01": (120, 1.0), "02": (180, 1.5), "03": (180, 1.5),
+    "04": (180, 1.5), "05": (180, 1.5), "06": (180, 1.5), "07": (180, 1.0),
+}
+LOAD_BUDGET = (3.0, 1.2)  # cached smollm2-135m load, including imports
+
+_NOTEBOOK_RUNNER = r"""
+import json, resource, sys, time, os
+from pathlib import Path
+import nbformat
+from nbclient import NotebookClient
+path = Path(sys.argv[1])
+nb = nbformat.read(str(path), as_version=4)
+t0 = time.perf_counter()
+client = NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+error = None
+try:
+    client.execute(env=dict(os.environ))
+except Exception as e:
+    error = f"{type(e).__name__}: {str(e)[:300]}"
+wall = time.perf_counter() - t0
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2  # KB -> GB (Linux)
+print(json.dumps({"wall_s": wall, "peak_rss_gb": kids, "error": error}))
+"""
+
+_LOAD_RUNNER = r"""
+import json, resource, time
+t0 = time.perf_counter()
+from mi_tutor.models import load_lm
+load_lm("smollm2-135m", verbose=False)
+wall = time.perf_counter() - t0
+print(json.dumps({"wall_s": wall, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}))
+"""
+
+_PATCH_RUNNER = r"""
+import json, time, torch, warnings
+warnings.filterwarnings("ignore")
+from mi_tutor.models import load_lm
+from mi_tutor import interventions as iv
+from transformer_lens import patching
+m = load_lm("smollm2-135m", verbose=False)
+clean = m.to_tokens(["When Mary and John went to the store, John gave a drink to"])
+corrupt = m.to_tokens(["When Paul and Kate went to the store, Lisa gave a drink to"])
+io, s = m.to_single_token(" Mary"), m.to_single_token(" John")
+metric_b = lambda lg: iv.logit_diff(lg, torch.tensor([io]), torch.tensor([s]))
+metric_tl = lambda lg: metric_b(lg).mean()
+_, clean_cache = m.run_with_cache(clean)
+t0 = time.perf_counter(); ours = iv.patch_each_head(m, corrupt, clean, metric_b); t_ours = time.perf_counter() - t0
+import contextlib, io as _io
+t0 = time.perf_counter()
+with contextlib.redirect_stderr(_io.StringIO()):
+    theirs = patching.get_act_patch_attn_head_out_all_pos(m, corrupt, clean_cache, metric_tl)
+t_tl = time.perf_counter() - t0
+agree = float(torch.corrcoef(torch.stack([ours.flatten(), theirs.flatten().float()]))[0, 1])
+print(json.dumps({"ours_s": t_ours, "transformer_lens_s": t_tl, "speedup": t_tl / t_ours, "correlation": agree}))
+"""
+
+
+def _run_json(code: str, args: list[str], env: dict | None = None, timeout: int = 3600) -> dict:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+    lines = [l for l in proc.stdout.strip().splitlines() if l.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr or proc.stdout)[-500:]}
+    return json.loads(lines[-1])
+
+
+def bench_model_load() -> dict:
+    """First load (dequantise into an empty cache) and cached load, each in a fresh process."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {"MI_TUTOR_CACHE": cache, "HF_HUB_OFFLINE": "1"}
+        first = _run_json(_LOAD_RUNNER, [], env)
+        second = _run_json(_LOAD_RUNNER, [], env)
+        third = _run_json(_LOAD_RUNNER, [], env)
+    return {"first": first, "cached": second, "cached_again": third}
+
+
+def bench_notebook(path: Path) -> dict:
+    env = {"MI_TUTOR_MODEL": os.environ.get("MI_TUTOR_MODEL", "smollm2-135m"), "MI_TUTOR_STRICT": "1"}
+    return _run_json(_NOTEBOOK_RUNNER, [str(path)], env)
+
+
+def bench_patching() -> dict:
+    """All-heads activation patching: our batched version against TransformerLens's per-patch loop."""
+    return _run_json(_PATCH_RUNNER, [], {"HF_HUB_OFFLINE": "1"})
+
+
+def _verdict(value: float | None, budget: float) -> str:
+    if value is None:
+        return "n/a"
+    return "met" if value <= budget else "MISSED"
+
+
+def to_markdown(results: dict) -> str:
+    lines = ["# mi_tutor benchmark", "",
+             f"Machine: {results['machine']}. Load average at start: {results['loadavg_start']}. "
+             f"Date: {results['date']}.", "",
+             "| what | wall time (s) | budget (s) | peak RSS (GB) | budget (GB) | verdict |",
+             "|---|---|---|---|---|---|"]
+    for name, r in results["notebooks"].items():
+        wall, rss = r.get("wall_s"), r.get("peak_rss_gb")
+        bw, br = BUDGETS.get(name[:2], (float("nan"), float("nan")))
+        verdict = "ERROR: " + r["error"][:80] if r.get("error") else (
+            "met" if (_verdict(wall, bw) == "met" and _verdict(rss, br) == "met") else "MISSED")
+        lines.append(f"| notebook {name} | {wall:.1f} | {bw:.0f} | {rss:.2f} | {br:.1f} | {verdict} |" if wall is not None
+                     else f"| notebook {name} | - | {bw:.0f} | - | {br:.1f} | {verdict} |")
+    total = sum(r.get("wall_s") or 0 for r in results["notebooks"].values())
+    lines.append(f"| **all notebooks** | {total:.1f} | {sum(BUDGETS.get(n[:2], (0, 0))[0] for n in results['notebooks']):.0f} | "
+                 f"{max([r.get('peak_rss_gb') or 0 for r in results['notebooks'].values()] or [0]):.2f} (max) | | |")
+    load = results.get("model_load", {})
+    for key, label in (("first", "smollm2-135m first load (dequantise + cache)"), ("cached", "smollm2-135m cached load, incl. imports")):
+        r = load.get(key, {})
+        if "wall_s" in r:
+            budget = LOAD_BUDGET if key == "cached" else (None, None)
+            verdict = "" if budget[0] is None else ("met" if r["wall_s"] <= budget[0] and r["peak_rss_gb"] <= budget[1] else "MISSED")
+            lines.append(f"| {label} | {r['wall_s']:.1f} | {budget[0] or '-'} | {r['peak_rss_gb']:.2f} | {budget[1] or '-'} | {verdict} |")
+    p = results.get("patching", {})
+    if "speedup" in p:
+        lines += ["", f"All-heads activation patching on SmolLM2 (270 heads, one IOI prompt): batched `mi_tutor.interventions."
+                  f"patch_each_head` {p['ours_s']:.1f} s vs TransformerLens `get_act_patch_attn_head_out_all_pos` "
+                  f"{p['transformer_lens_s']:.1f} s: **{p['speedup']:.1f}x** faster; results correlate at r = {p['correlation']:.4f}."]
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(notebooks: list[Path] | None = None, out: Path | None = None, model_load: bool = True,
+                  patching: bool = True) -> dict:
+    """Run the benchmark and write results.json / results.md; returns the results."""
+    out = out or repo_root() / "benchmarks"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = notebooks or source_notebooks()
+    results: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "notebooks": {},
+    }
+    if model_load:
+        print("model load ...", flush=True)
+        results["model_load"] = bench_model_load()
+    for p in paths:
+        print(f"{p.name} ...", flush=True)
+        results["notebooks"][p.stem] = bench_notebook(p)
+        print("   ", results["notebooks"][p.stem], flush=True)
+    if patching:
+        print("patching: batched vs TransformerLens loop ...", flush=True)
+        results["patching"] = bench_patching()
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(to_markdown(results))
+    print(to_markdown(results))
+    return results

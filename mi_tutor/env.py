@@ -1,0 +1,150 @@
+"""Where the course runs, and the few global settings every notebook needs.
+
+`setup()` is the one line each notebook starts with. It:
+
+- detects the platform (Colab, Binder or a local machine);
+- turns telemetry off (wandb, Hugging Face) and keeps progress bars off stderr;
+- stops circuitsvis from pinging google.com on every render;
+- seeds Python, NumPy and torch;
+- prints one line saying what it found.
+
+Nothing here touches the network.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Environment variables that keep third-party libraries quiet and offline by default.
+QUIET_ENV = {
+    "WANDB_MODE": "disabled",
+    "WANDB_DISABLED": "true",
+    "WANDB_SILENT": "true",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "DO_NOT_TRACK": "1",
+}
+
+#: Environment variable that makes exercise checks raise instead of print (set by the test suite).
+STRICT_ENV = "MI_TUTOR_STRICT"
+
+
+def quiet_environment() -> None:
+    """Set the telemetry/progress-bar variables (without overriding a user's own choice)."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+    try:  # transformers logs "Loading weights" bars and advisories to stderr
+        import transformers  # noqa: F401  (cheap: lazy module)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers missing is reported by doctor()
+        pass
+
+
+def platform_name() -> str:
+    """Return "colab", "binder" or "local"."""
+    if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):
+        return "colab"
+    if os.environ.get("BINDER_SERVICE_HOST") or os.environ.get("BINDER_REQUEST") or os.environ.get("BINDER_LAUNCH_HOST"):
+        return "binder"
+    return "local"
+
+
+def cache_dir() -> Path:
+    """The per-user cache (dequantised model weights live here). Override with MI_TUTOR_CACHE."""
+    override = os.environ.get("MI_TUTOR_CACHE")
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("mi_tutor", appauthor=False))
+
+
+def strict_checks() -> bool:
+    """True when exercise checks must raise (the test suite runs the source notebooks)."""
+    return os.environ.get(STRICT_ENV, "") not in ("", "0", "false", "False")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch, and make torch deterministic on the CPU."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def keep_circuitsvis_offline() -> None:
+    """circuitsvis checks google.com (1 s timeout) on every render; make it use its bundled JS.
+
+    Set MI_TUTOR_CIRCUITSVIS_CDN=1 to let it load the (smaller) CDN version instead.
+    """
+    if os.environ.get("MI_TUTOR_CIRCUITSVIS_CDN") == "1":
+        return
+    try:
+        import circuitsvis.utils.render as render
+    except Exception:  # pragma: no cover
+        return
+    render.internet_on = lambda: False
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What `setup()` found."""
+
+    platform: str
+    torch_version: str
+    threads: int
+    cache: Path
+    model_pin: str | None
+    seed: int
+
+    def __str__(self) -> str:
+        pin = self.model_pin or "auto"
+        return (
+            f"mi_tutor ready: {self.platform}, torch {self.torch_version} on CPU x{self.threads}, "
+            f"seed {self.seed}, language model: {pin}"
+        )
+
+
+def setup(seed: int = 0, *, quiet: bool = False) -> Environment:
+    """Prepare a notebook: quiet, offline-by-default, seeded. Prints one line.
+
+    Args:
+        seed: seed for Python, NumPy and torch.
+        quiet: if True, print nothing.
+    """
+    quiet_environment()
+    keep_circuitsvis_offline()
+    seed_everything(seed)
+    import torch
+
+    try:
+        import matplotlib
+
+        matplotlib.rcParams.update({"figure.dpi": 80, "savefig.dpi": 80, "figure.figsize": (6.4, 3.6)})
+    except Exception:  # pragma: no cover
+        pass
+    env = Environment(
+        platform=platform_name(),
+        torch_version=torch.__version__.split("+")[0],
+        threads=torch.get_num_threads(),
+        cache=cache_dir(),
+        model_pin=os.environ.get("MI_TUTOR_MODEL") or None,
+        seed=seed,
+    )
+    if not quiet:
+        print(env)
+    return env

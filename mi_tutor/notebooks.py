@@ -1,0 +1,215 @@
+"""Tools for the notebooks themselves: student versions, execution, and exercise discovery.
+
+Conventions (checked by tests):
+
+- Source notebooks are ``notebooks/NN_topic.ipynb``; student versions are generated into
+  ``notebooks/student/NN_topic.ipynb`` by `write_student_notebooks` (``mi-tutor student``).
+- An exercise is a code cell whose solution sits between nbgrader's markers
+  ``### BEGIN SOLUTION`` and ``### END SOLUTION``, followed by a code cell that calls
+  ``check("name", function)``. The solution cell is self-contained (its own imports), so
+  tests can run it alone.
+- The student version replaces each solution region with ``raise NotImplementedError()``
+  and clears every output.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+BEGIN = "### BEGIN SOLUTION"
+END = "### END SOLUTION"
+CHECK_RE = re.compile(r"""check\(\s*["']([\w.\-]+)["']\s*,\s*([A-Za-z_]\w*)""")
+STUDENT_DIR = "student"
+STUDENT_BANNER = (
+    "> **Student version.** Generated from `../{name}` by `mi-tutor student`; do not edit it by hand. "
+    "Exercise solutions are replaced by `raise NotImplementedError()`: write your own, then run the "
+    "`check(...)` cell below each one. Cells after an exercise use `mi_tutor`'s own implementation, "
+    "so the rest of the notebook runs even before you finish."
+)
+
+
+def repo_root() -> Path:
+    """The repository root (the folder holding ``notebooks/``), found from this file."""
+    return Path(__file__).resolve().parent.parent
+
+
+def source_notebooks(root: Path | None = None) -> list[Path]:
+    """The numbered source notebooks, in order."""
+    root = root or repo_root()
+    return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def stub_solution(source: str) -> str:
+    """Replace every BEGIN/END SOLUTION region with a stub at the region's indentation."""
+    out: list[str] = []
+    inside = False
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(BEGIN):
+            if inside:
+                raise ValueError("nested '### BEGIN SOLUTION'")
+            inside = True
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(f"{indent}# YOUR CODE HERE")
+            out.append(f"{indent}raise NotImplementedError()")
+            continue
+        if stripped.startswith(END):
+            if not inside:
+                raise ValueError("'### END SOLUTION' without a BEGIN")
+            inside = False
+            continue
+        if not inside:
+            out.append(line)
+    if inside:
+        raise ValueError("'### BEGIN SOLUTION' without an END")
+    return "\n".join(out)
+
+
+def make_student(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
+    """The student version of a source notebook: solutions stubbed, outputs cleared."""
+    student = copy.deepcopy(nb)
+    for cell in student.cells:
+        if cell.cell_type == "code":
+            if BEGIN in cell.source:
+                cell.source = stub_solution(cell.source)
+            cell.outputs = []
+            cell.execution_count = None
+        cell.metadata.pop("execution", None)
+        cell.pop("id", None)
+    banner = nbformat.v4.new_markdown_cell(STUDENT_BANNER.format(name=name))
+    banner.metadata["tags"] = ["student-banner"]
+    student.cells.insert(0, banner)
+    student.metadata.pop("widgets", None)
+    student.nbformat_minor = 4  # no cell ids: keeps the generated file stable
+    return student
+
+
+def student_path(src: Path) -> Path:
+    return src.parent / STUDENT_DIR / src.name
+
+
+def render_student(src: Path) -> str:
+    """The exact text the student version of `src` should have (used by the sync test)."""
+    nb = nbformat.read(str(src), as_version=4)
+    return nbformat.writes(make_student(nb, src.name)) + "\n"
+
+
+def write_student_notebooks(root: Path | None = None) -> list[Path]:
+    """Regenerate every student notebook; returns the paths written."""
+    written = []
+    for src in source_notebooks(root):
+        dst = student_path(src)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text(render_student(src))
+        written.append(dst)
+    return written
+
+
+@dataclass
+class ExerciseCell:
+    """One exercise found in a notebook."""
+
+    notebook: Path
+    check_name: str
+    function_name: str
+    solution_source: str
+    cell_index: int
+
+
+def find_exercises(path: Path) -> list[ExerciseCell]:
+    """Pair each solution cell with the ``check("name", fn)`` call in the next code cell."""
+    nb = nbformat.read(str(path), as_version=4)
+    found = []
+    cells = nb.cells
+    for i, cell in enumerate(cells):
+        if cell.cell_type != "code" or BEGIN not in cell.source:
+            continue
+        nxt = next((c for c in cells[i + 1 :] if c.cell_type == "code"), None)
+        m = CHECK_RE.search(nxt.source) if nxt is not None else None
+        if m is None:
+            raise ValueError(f"{path.name}: solution cell {i} is not followed by a check(\"name\", fn) cell")
+        found.append(ExerciseCell(path, m.group(1), m.group(2), cell.source, i))
+    return found
+
+
+def defined_functions(source: str) -> list[str]:
+    """Names of the top-level functions a cell defines."""
+    tree = ast.parse(source)
+    return [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+
+
+def run_cell_source(source: str) -> dict:
+    """Execute a self-contained cell (IPython magics dropped) and return its namespace."""
+    lines = [l for l in source.splitlines() if not l.lstrip().startswith(("%", "!"))]
+    ns: dict = {"__name__": "__exercise__"}
+    exec(compile("\n".join(lines), "<exercise cell>", "exec"), ns)
+    return ns
+
+
+# ------------------------------------------------------------------------------
+# Executing notebooks (to commit their outputs) and keeping committed files small
+# ------------------------------------------------------------------------------
+
+HEAVY_MIME = ("application/vnd.jupyter.widget-view+json",)
+
+
+def _is_circuitsvis(output: dict) -> bool:
+    html = output.get("data", {}).get("text/html", "")
+    if isinstance(html, list):
+        html = "".join(html)
+    return "circuits-vis" in html or "CircuitsVis" in html
+
+
+def slim_outputs(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Drop outputs that bloat committed notebooks or never reproduce.
+
+    circuitsvis inlines a 1.3 MB JS bundle per view (offline) and random div ids; those
+    outputs are replaced by a short note. Widget views stay (they are tiny) but their
+    saved widget state is dropped.
+    """
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") in ("display_data", "execute_result") and _is_circuitsvis(out):
+                kept.append(nbformat.v4.new_output(
+                    "display_data",
+                    data={"text/plain": "[interactive circuitsvis view: run the cell to see it]"},
+                ))
+                continue
+            kept.append(out)
+        cell.outputs = kept
+    nb.metadata.pop("widgets", None)
+    return nb
+
+
+def execute_notebook(path: Path, timeout: int = 1200, env: dict | None = None) -> nbformat.NotebookNode:
+    """Run a notebook top to bottom in a fresh kernel (cwd = its folder) and return it."""
+    import os
+
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(str(path), as_version=4)
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute(env=full_env)  # keyword arguments reach the kernel manager's start_kernel
+    return nb
+
+
+def execute_and_save(path: Path, timeout: int = 1200) -> Path:
+    """Execute a source notebook, slim its outputs, write it back, regenerate its student version."""
+    nb = execute_notebook(path, timeout=timeout, env={"MI_TUTOR_STRICT": "1", "MI_TUTOR_MODEL": "smollm2-135m"})
+    slim_outputs(nb)
+    nbformat.write(nb, str(path))
+    dst = student_path(path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(render_student(path))
+    return path

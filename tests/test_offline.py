@@ -1,0 +1,91 @@
+"""Offline and no telemetry: with every network connection refused and recorded, the offline
+model loads, `auto` says it chose the offline model, and a whole notebook runs without
+attempting a single connection (not circuitsvis's ping, not the hub, not wandb)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mi_tutor.notebooks import source_notebooks
+
+GUARD = Path(__file__).parent / "netguard"
+
+
+def guarded_env(log: Path, **extra) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(GUARD), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    env["MI_TUTOR_NETGUARD_LOG"] = str(log)
+    env.pop("HF_HUB_OFFLINE", None)  # prove the code is offline by itself, not by this flag
+    env.pop("MI_TUTOR_MODEL", None)
+    env.update(extra)
+    return env
+
+
+def run_py(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+
+
+def attempts(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_the_guard_refuses_and_records(tmp_path):
+    log = tmp_path / "net.log"
+    r = run_py("import urllib.request\ntry:\n    urllib.request.urlopen('http://example.org', timeout=2)\n"
+               "except Exception as e:\n    print(type(e).__name__)", guarded_env(log))
+    assert "URLError" in r.stdout or "gaierror" in r.stdout, r.stdout + r.stderr
+    assert any("example.org" in a for a in attempts(log))
+
+
+def test_offline_model_loads_with_no_connection_attempt(tmp_path):
+    log = tmp_path / "net.log"
+    r = run_py("from mi_tutor.models import load_lm; m = load_lm('smollm2-135m'); "
+               "import circuitsvis, transformer_lens; print('layers', m.cfg.n_layers)", guarded_env(log))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "layers 30" in r.stdout
+    assert attempts(log) == [], attempts(log)
+    assert r.stderr.strip() == "", f"loading printed to stderr: {r.stderr[-500:]}"
+
+
+def test_auto_mode_says_it_chose_the_offline_model(tmp_path):
+    log = tmp_path / "net.log"
+    r = run_py("from mi_tutor.models import load_lm; load_lm('auto')", guarded_env(log))
+    assert r.returncode == 0, r.stderr[-2000:]
+    (line,) = [l for l in r.stdout.splitlines() if l.startswith("[mi_tutor]")]
+    assert "smollm2-135m" in line and "unreachable" in line and "offline model" in line
+    # the only attempt allowed is auto's own reachability probe of the hub
+    assert all("huggingface.co" in a for a in attempts(log)), attempts(log)
+
+
+def _notebook_to_run() -> Path | None:
+    """The first source notebook that loads the language model and draws circuitsvis views."""
+    paths = source_notebooks()
+    def uses(p, *needles):
+        text = p.read_text()
+        return all(n in text for n in needles)
+    for needles in (("load_lm", "attention_view"), ("load_lm",), ()):
+        for p in paths:
+            if uses(p, *needles):
+                return p
+    return None
+
+
+def test_a_whole_notebook_runs_with_the_network_refused(tmp_path):
+    from nbclient import NotebookClient
+
+    path = _notebook_to_run()
+    if path is None:
+        pytest.skip("no notebooks yet")
+    log = tmp_path / "net.log"
+    nb = nbformat.read(str(path), as_version=4)
+    env = guarded_env(log, MI_TUTOR_MODEL="smollm2-135m", MI_TUTOR_STRICT="1")
+    client = NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client.execute(env=env)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    assert attempts(log) == [], f"{path.name} attempted network connections: {attempts(log)}"

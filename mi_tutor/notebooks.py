@@ -82,6 +82,7 @@ def make_student(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
         cell.metadata.pop("execution", None)
         cell.pop("id", None)
     banner = nbformat.v4.new_markdown_cell(STUDENT_BANNER.format(name=name))
+    banner.pop("id", None)  # nbformat >= 5.1 gives new cells a random id; keep the file stable
     banner.metadata["tags"] = ["student-banner"]
     student.cells.insert(0, banner)
     student.metadata.pop("widgets", None)

@@ -247,17 +247,18 @@ def _failure(ex: Exercise, name: str, problem: str, mistake: str | None, hint_le
     return CheckResult(name, False, "\n".join(lines), mistake=mistake)
 
 
-def check(name: str, fn: Callable[..., Any], hint_level: int = 0) -> CheckResult:
-    """Check a learner's implementation of exercise `name`; print the verdict.
+def check(name: str, fn: Callable[..., Any], hint_level: int = 0) -> None:
+    """Check a learner's implementation of exercise `name`; print the verdict (one line on success).
 
     In strict mode (``MI_TUTOR_STRICT=1``, set by the test suite) a failure raises
     `ExerciseFailed`; otherwise it only prints, so a learner never sees a traceback.
+    Returns None so that a bare ``check(...)`` cell shows only the verdict; use `run_check`
+    for the `CheckResult`.
     """
     result = run_check(name, fn, hint_level)
     if not result.passed and strict_checks():
         raise ExerciseFailed(result.message)
     print(result.message)
-    return result
 
 
 def hints(name: str) -> None:

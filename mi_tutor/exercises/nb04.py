@@ -1,0 +1,207 @@
+"""Exercise checks for notebook 04 (successor heads: four methods)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import successor as S
+from .core import Exercise, Mistake, register
+
+NB = "04_successor_heads"
+
+
+def _ordinal_case(rng: np.random.Generator, sizes: list[int]):
+    """Random effective-OV logits over categories of the given sizes (successor = next in category)."""
+    cats, succ = [], []
+    for c, k in enumerate(sizes):
+        start = len(cats)
+        for j in range(k):
+            cats.append(c)
+            succ.append(start + j + 1 if j + 1 < k else -1)
+    n = len(cats)
+    logits = torch.tensor(rng.normal(size=(n, n)), dtype=torch.float32)
+    # make some rows prefer their successor, and some prefer a token of ANOTHER category
+    for i in range(n):
+        if succ[i] >= 0 and rng.random() < 0.5:
+            logits[i, succ[i]] += 3.0
+        if rng.random() < 0.4:
+            other = [j for j in range(n) if cats[j] != cats[i]]
+            logits[i, other[rng.integers(len(other))]] += 6.0
+    return (logits, torch.tensor(cats), torch.tensor(succ)), {}
+
+
+# ---- successor score ----------------------------------------------------------------------
+
+def _score_no_category(logits, category, successor):
+    has = torch.nonzero(successor >= 0).flatten()
+    return float((logits[has].argmax(-1) == successor[has]).float().mean())
+
+
+def _score_all_rows(logits, category, successor):
+    same = category[None, :] == category[:, None]
+    top = logits.masked_fill(~same, float("-inf")).argmax(-1)
+    return float((top == successor).float().mean())
+
+
+def _score_transposed(logits, category, successor):
+    return S.successor_score(logits.T.contiguous(), category, successor)
+
+
+register(Exercise(
+    name="successor_score",
+    notebook=NB,
+    reference=S.successor_score,
+    cases=lambda rng: [_ordinal_case(rng, [5, 7, 4]), _ordinal_case(rng, [10, 3]), _ordinal_case(rng, [6, 6, 6, 2])],
+    hints=[
+        "Keep only the rows (input tokens) that have a successor: successor >= 0.",
+        "Before the argmax, set the logits of tokens from OTHER categories to -inf: the top-1 is taken among the task's tokens.",
+        "Rows are input tokens, columns output tokens: logits[i].argmax() is what head maps token i to.",
+    ],
+    mistakes=[
+        Mistake("you took the argmax over all ordinal tokens instead of only the input token's own category", _score_no_category),
+        Mistake("you counted tokens that have no successor (successor == -1) in the denominator", _score_all_rows),
+        Mistake("you read the table by columns (output tokens) instead of rows (input tokens)", _score_transposed),
+    ],
+))
+
+
+# ---- ICA input matrix ---------------------------------------------------------------------
+
+def _ica_case(rng: np.random.Generator, L: int, H: int, n: int):
+    x = torch.tensor(rng.normal(size=(L, H, n, n)) * rng.uniform(0.5, 5, size=(L, H, 1, 1)) + rng.normal(size=(L, H, n, 1)) * 3,
+                     dtype=torch.float32)
+    return (x,), {}
+
+
+def _ica_no_centre(eff_ov):
+    L, H, n, _ = eff_ov.shape
+    x = eff_ov.double().reshape(L * H, n * n)
+    x = x / x.std(-1, keepdim=True)
+    return x.T.contiguous().numpy()
+
+
+def _ica_no_scale(eff_ov):
+    L, H, n, _ = eff_ov.shape
+    x = (eff_ov.double() - eff_ov.double().mean(-1, keepdim=True)).reshape(L * H, n * n)
+    return x.T.contiguous().numpy()
+
+
+def _ica_heads_as_rows(eff_ov):
+    return np.ascontiguousarray(S.ica_matrix(eff_ov).T)
+
+
+def _ica_centre_columns(eff_ov):
+    L, H, n, _ = eff_ov.shape
+    x = eff_ov.double() - eff_ov.double().mean(-2, keepdim=True)
+    x = x.reshape(L * H, n * n)
+    x = x / x.std(-1, keepdim=True)
+    return x.T.contiguous().numpy()
+
+
+register(Exercise(
+    name="ica_matrix",
+    notebook=NB,
+    reference=S.ica_matrix,
+    cases=lambda rng: [_ica_case(rng, 2, 3, 5), _ica_case(rng, 3, 2, 4), _ica_case(rng, 1, 4, 6)],
+    hints=[
+        "Centre each head's table row by row: subtract, for every input token, the mean of its logits over output tokens (mean over the LAST axis).",
+        "Flatten each head's [n, n] table to n*n numbers and divide by that head's standard deviation.",
+        "FastICA treats rows as samples and columns as features: return [n*n, n_layers*n_heads] (heads are the columns).",
+    ],
+    mistakes=[
+        Mistake("you did not centre each input token's row (a constant shift of a row's logits is meaningless)", _ica_no_centre),
+        Mistake("you did not scale each head to unit standard deviation, so big heads dominate", _ica_no_scale),
+        Mistake("you returned heads as rows: FastICA needs the (input, output) pairs as rows and heads as columns", _ica_heads_as_rows),
+        Mistake("you centred the columns (over input tokens) instead of each input token's row", _ica_centre_columns),
+    ],
+))
+
+
+# ---- mean-ablation hook -------------------------------------------------------------------
+
+def _ablate_case(rng: np.random.Generator, b: int, p: int, h: int, d: int):
+    z = torch.tensor(rng.normal(size=(b, p, h, d)), dtype=torch.float32)
+    mean_z = torch.tensor(rng.normal(size=(p, h, d)), dtype=torch.float32)
+    return (z, int(rng.integers(h)), mean_z), {}
+
+
+def _ablate_zero(z, head, mean_z):
+    z = z.clone()
+    z[:, :, head] = 0
+    return z
+
+
+def _ablate_batch_mean(z, head, mean_z):
+    z = z.clone()
+    z[:, :, head] = z[:, :, head].mean(0, keepdim=True)
+    return z
+
+
+def _ablate_all_heads(z, head, mean_z):
+    return mean_z[None].expand_as(z).clone()
+
+
+def _ablate_pos_mean(z, head, mean_z):
+    z = z.clone()
+    z[:, :, head] = mean_z[:, head].mean(0)[None, None]
+    return z
+
+
+register(Exercise(
+    name="mean_ablate_head",
+    notebook=NB,
+    reference=S.mean_ablate_head,
+    cases=lambda rng: [_ablate_case(rng, 3, 4, 5, 2), _ablate_case(rng, 2, 6, 3, 4), _ablate_case(rng, 4, 2, 2, 3)],
+    hints=[
+        "Clone z first, then overwrite only z[:, :, head].",
+        "mean_z is [pos, head, d_head]: the mean was taken over prompts but kept per position. Broadcast it over the batch with mean_z[None, :, head].",
+    ],
+    mistakes=[
+        Mistake("you zero-ablated the head instead of replacing it by its mean", _ablate_zero),
+        Mistake("you used the mean over THIS batch instead of the reference mean mean_z", _ablate_batch_mean),
+        Mistake("you replaced every head, not only the chosen one", _ablate_all_heads),
+        Mistake("you averaged the mean over positions too: mean ablation keeps one mean per position", _ablate_pos_mean),
+    ],
+))
+
+
+# ---- attribution patching -----------------------------------------------------------------
+
+def _attr_case(rng: np.random.Generator, b: int, p: int, h: int, d: int):
+    mk = lambda: torch.tensor(rng.normal(size=(b, p, h, d)), dtype=torch.float32)
+    return (mk(), mk() + 0.5, mk()), {}
+
+
+def _attr_no_difference(z_target, z_source, grad):
+    return (z_target * grad).sum(dim=(1, 3)).mean(0)
+
+
+def _attr_wrong_sign(z_target, z_source, grad):
+    return ((z_target - z_source) * grad).sum(dim=(1, 3)).mean(0)
+
+
+def _attr_sum_batch(z_target, z_source, grad):
+    return ((z_source - z_target) * grad).sum(dim=(0, 1, 3))
+
+
+def _attr_last_pos(z_target, z_source, grad):
+    return ((z_source - z_target)[:, -1] * grad[:, -1]).sum(-1).mean(0)
+
+
+register(Exercise(
+    name="attribution_estimate",
+    notebook=NB,
+    reference=S.attribution_estimate,
+    cases=lambda rng: [_attr_case(rng, 3, 4, 5, 2), _attr_case(rng, 2, 3, 3, 4), _attr_case(rng, 5, 2, 4, 3)],
+    rtol=1e-3, atol=1e-4,
+    hints=[
+        "Patching moves z from z_target to z_source: the first-order change is (z_source - z_target) . grad.",
+        "Sum the product over positions (dim 1) and d_head (dim 3), keep the head axis, then average over the batch (dim 0).",
+    ],
+    mistakes=[
+        Mistake("you multiplied the gradient by the activation itself (gradient x activation) instead of by the DIFFERENCE z_source - z_target", _attr_no_difference),
+        Mistake("the sign is flipped: patching moves z from the target value to the source value, so use z_source - z_target", _attr_wrong_sign),
+        Mistake("you summed over the batch instead of averaging over prompts", _attr_sum_batch),
+        Mistake("you used only the last position; a head's output at every position can matter", _attr_last_pos),
+    ],
+))

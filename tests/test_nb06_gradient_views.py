@@ -1,0 +1,196 @@
+"""Unit tests of notebook 06's modules: mi_tutor.multitask and mi_tutor.gradients."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mi_tutor import gradients as gr
+from mi_tutor import multitask as mt
+
+
+# ------------------------------------------------------------------ the multi-task data and model
+
+def test_make_tasks_answers_follow_the_rules():
+    d = mt.make_tasks(50, p=11, seed=3)
+    assert d.tokens.shape == (150, 4) and len(d) == 150
+    x, op = d.tokens[:, :3], d.tokens[:, 3]
+    assert torch.equal(op, d.task + 11), "the op token names the task"
+    add, copy, rep = (d.task == i for i in range(3))
+    assert torch.equal(d.targets[add], (x[add, 0] + x[add, 1]) % 11)
+    assert torch.equal(d.targets[copy], x[copy, 0])
+    # repeat: the target occurs exactly twice among x1..x3
+    counts = (x[rep] == d.targets[rep, None]).sum(1)
+    assert torch.all(counts == 2)
+    assert torch.equal(mt.make_tasks(50, p=11, seed=3).tokens, d.tokens)
+    assert not torch.equal(mt.make_tasks(50, p=11, seed=4).tokens, d.tokens)
+    with pytest.raises(ValueError, match="n_per_task"):
+        mt.make_tasks(0)
+
+
+def test_model_rejects_bad_shapes_and_trains_on_copy():
+    model = mt.build_model(p=5, seed=0, d_model=16, d_mlp=32)
+    with pytest.raises(ValueError, match="shape"):
+        model(torch.zeros(3, 5, dtype=torch.long))
+    train, test = mt.make_tasks(150, p=5, seed=0), mt.make_tasks(40, p=5, seed=1)
+    hist = mt.train_model(model, train, test, steps=120, lr=1e-2, progress=False)
+    assert hist.last("train_loss") < hist.metrics["train_loss"][0] / 3
+    assert hist.last("acc_copy") > 0.9, "copying is the easiest task; a tiny model must learn it"
+
+
+# ------------------------------------------------------------------ per-example gradients
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    model = mt.build_model(p=5, seed=1, d_model=16, d_mlp=32)
+    data = mt.make_tasks(12, p=5, seed=2)
+    return model, data
+
+
+def test_per_example_grads_match_one_backward_per_example(small):
+    model, data = small
+    G = gr.per_example_grads(model, data.tokens, data.targets, chunk=5)
+    assert G.shape == (len(data), sum(p.numel() for p in model.parameters()))
+    for i in (0, 7, 35):
+        model.zero_grad()
+        F.cross_entropy(model(data.tokens[i:i + 1]), data.targets[i:i + 1]).backward()
+        want = torch.cat([p.grad.flatten() for p in model.parameters()])
+        assert torch.allclose(G[i], want, atol=1e-5)
+    model.zero_grad()
+    sub = gr.per_example_grads(model, data.tokens, data.targets, params=["unembed.weight"])
+    assert sub.shape[1] == model.unembed.weight.numel()
+    with pytest.raises(ValueError, match="same length"):
+        gr.per_example_grads(model, data.tokens, data.targets[:3])
+
+
+def test_kronecker_projection_equals_projecting_the_exact_gradient():
+    torch.manual_seed(0)
+    xs, ds = torch.randn(4, 3, 6), torch.randn(4, 3, 5)
+    P_in, P_out = torch.randn(2, 6), torch.randn(3, 5)
+    got = gr.kronecker_project(xs, ds, P_in, P_out)
+    G = torch.einsum("nto,nti->noi", ds, xs)                  # exact per-example gradients
+    want = (P_out @ G @ P_in.T).flatten(1)
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="agree"):
+        gr.kronecker_project(xs, ds[:, :2], P_in, P_out)
+
+
+def test_kronecker_grads_cover_every_parameter_and_keep_inner_products(small):
+    """With k_side >= every layer dimension the Kronecker projection barely compresses, so the cosines
+    of projected gradients must track the exact per-example cosines closely."""
+    model, data = small
+    G = gr.per_example_grads(model, data.tokens, data.targets)
+    K = gr.kronecker_grads(model, data.tokens, data.targets, k_side=256, seed=0)
+    r = gr.offdiag_correlation(gr.cosine_matrix(G), gr.cosine_matrix(K))
+    assert r > 0.9, f"Kronecker-projected cosines should track the exact ones (r={r:.3f})"
+    assert all(p.grad is None for p in model.parameters()), "kronecker_grads must not leave .grad behind"
+
+
+def test_linear_capture_gives_per_example_gradients_for_a_bias_layer():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3)
+    x = torch.randn(5, 4)
+    y = torch.randint(0, 3, (5,))
+    with gr.LinearCapture({"lin": lin}) as cap:
+        F.cross_entropy(lin(x), y, reduction="sum").backward()
+    x1, d = cap.xs["lin"], cap.deltas["lin"]
+    assert x1.shape == (5, 1, 5) and torch.all(x1[..., -1] == 1), "bias appears as a constant input 1"
+    per = torch.einsum("nto,nti->noi", d, x1)                  # [5, 3, 5]: weight and bias gradients
+    assert torch.allclose(per.sum(0)[:, :4], lin.weight.grad, atol=1e-5)
+    assert torch.allclose(per.sum(0)[:, 4], lin.bias.grad, atol=1e-5)
+
+
+# ------------------------------------------------------------------ similarity, projection, clustering
+
+def test_angular_similarity_values():
+    G = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
+    S = gr.angular_similarity(G)
+    assert torch.allclose(S, torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.5], [0.0, 0.5, 1.0]]), atol=1e-3)
+    with pytest.raises(ValueError, match="n_examples"):
+        gr.cosine_matrix(torch.zeros(3))
+
+
+def test_random_projection_keeps_inner_products_better_with_k():
+    torch.manual_seed(0)
+    G = torch.randn(30, 2000) + torch.linspace(-2, 2, 30)[:, None] * torch.randn(1, 2000)  # varied cosines
+    S = gr.cosine_matrix(G)
+    corrs = [gr.offdiag_correlation(S, gr.cosine_matrix(gr.random_projection(G, k, seed=1))) for k in (4, 64, 1024)]
+    assert corrs[0] < corrs[1] < corrs[2] and corrs[2] > 0.95
+    assert torch.equal(gr.random_projection(G, 16, seed=3), gr.random_projection(G, 16, seed=3))
+    with pytest.raises(ValueError, match="positive"):
+        gr.random_projection(G, 0)
+
+
+def test_ari_matches_sklearn_and_is_permutation_invariant():
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a, b = rng.integers(0, 4, 60), rng.integers(0, 3, 60)
+        assert abs(gr.adjusted_rand_index(a, b) - adjusted_rand_score(a, b)) < 1e-9
+    a = rng.integers(0, 4, 40)
+    assert gr.adjusted_rand_index(a, (a + 1) % 4) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same length"):
+        gr.adjusted_rand_index([0, 1], [0, 1, 1])
+
+
+def test_spectral_clusters_find_planted_groups_and_purity_beats_shuffles():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 50))
+    truth = np.repeat(np.arange(3), 20)
+    G = torch.tensor(centres[truth] + 0.5 * rng.normal(size=(60, 50)), dtype=torch.float32)
+    lab = gr.spectral_clusters(gr.angular_similarity(G), 3, seed=0)
+    assert gr.adjusted_rand_index(lab, truth) > 0.9
+    assert gr.purity(lab, truth) > gr.shuffled_purity(lab, truth, n=20).max() + 0.3
+    with pytest.raises(ValueError, match="square"):
+        gr.spectral_clusters(np.zeros((3, 4)), 2)
+
+
+def test_cluster_table_and_browser_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    S = torch.tensor([[1.0, 0.9, 0.1], [0.9, 1.0, 0.2], [0.1, 0.2, 1.0]])
+    lab = np.array([0, 0, 1])
+    rows = gr.cluster_table(lab, S, lambda i: f"ex{i}", per_cluster=2)
+    assert rows[0]["size"] == 2 and set(rows[0]["examples"]) == {"ex0", "ex1"}
+    assert gr.nearest_clusters(lab, S, 0) == [(1, pytest.approx(0.15))]
+    fig = gr.plot_cluster(lab, S, lambda i: f"ex{i}", cluster=1)
+    assert "cluster 1" in fig.texts[0].get_text()
+    with pytest.raises(ValueError, match="no cluster"):
+        gr.plot_cluster(lab, S, str, cluster=5)
+
+
+# ------------------------------------------------------------------ the language-model path (tiny random GPT-2)
+
+def test_lm_token_gradients_exact_similarity_matches_brute_force():
+    """On a tiny random GPT-2, the rank-1 exact similarity equals the cosine of per-token gradients
+    computed by brute force (one backward per token) for the last block's c_proj / c_fc weights."""
+    from mi_tutor.models import random_gpt2
+
+    model = random_gpt2(n_layers=2, n_heads=2, d_model=32, seed=0)
+    torch.manual_seed(0)
+    toks = torch.randint(5, 500, (2, 10))
+    tg = gr.lm_token_gradients(model, toks, max_loss=1e9, max_tokens=6, k_side=8, batch=2)
+    assert len(tg.losses) == 6 and tg.grads.shape[0] == 6
+    mods = gr.last_block_linears(model)
+    assert set(tg.layers) == {gr.short_name(n) for n in mods}
+    params = [p for m in mods.values() for p in m.parameters(recurse=False)]
+    rows = []
+    for s, p in zip(tg.seq.tolist(), tg.pos.tolist()):
+        for q in params:
+            q.requires_grad_(True)
+        logits = model(toks[s:s + 1])
+        loss = F.cross_entropy(logits[0, p - 1:p], toks[s, p:p + 1])
+        gs = torch.autograd.grad(loss, params)
+        rows.append(torch.cat([g.flatten() for g in gs]))
+        for q in params:
+            q.requires_grad_(False)
+    brute = gr.cosine_matrix(torch.stack(rows))
+    assert torch.allclose(tg.exact_sim, brute, atol=1e-4), (tg.exact_sim - brute).abs().max()
+    assert torch.allclose(tg.losses, torch.stack([
+        F.cross_entropy(model(toks[s:s + 1])[0, p - 1:p], toks[s, p:p + 1]) for s, p in zip(tg.seq.tolist(), tg.pos.tolist())
+    ]), atol=1e-5)

@@ -87,6 +87,11 @@ case "$cmd" in
     exec "$VENV/bin/jupyter" lab --notebook-dir="$ROOT/notebooks" "$@" ;;
   test)
     setup
+    # The real-browser widget test drives Debian's Chromium (never a downloaded build).
+    # Installing it needs root (apt); elsewhere those tests skip and say why, except in
+    # CI, where a missing browser is a failure.
+    bash scripts/install_browser.sh || say "no browser: the real-browser tests will skip (see scripts/install_browser.sh)"
+    if [ "${CI:-}" = "true" ]; then export MI_TUTOR_REQUIRE_BROWSER=1; fi
     # The suite always runs on the offline model, whatever the network does, and
     # exercise checks raise instead of printing, so a wrong reference breaks the run.
     export MI_TUTOR_MODEL=smollm2-135m MI_TUTOR_STRICT=1 HF_HUB_OFFLINE=1

@@ -88,14 +88,14 @@ class Explorer:
 
     def _render(self) -> bytes:
         import matplotlib.pyplot as plt
-        from IPython.display import display
+        from IPython.display import Image, display
 
         fig = self._draw()
         png = figure_png(fig)
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(fig)
         plt.close(fig)
+        with self.output:  # show the same PNG as the static fallback (also for figures without axes)
+            self.output.clear_output(wait=True)
+            display(Image(data=png, format="png"))
         self.renders += 1
         LAST_VALUES[self.title] = dict(self.values)
         shown = ", ".join(f"{k}={v}" for k, v in self.values.items())

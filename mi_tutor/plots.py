@@ -93,8 +93,10 @@ def attention_view(tokens: Sequence[str], patterns, head_names: Sequence[str] | 
     pats = patterns if isinstance(patterns, torch.Tensor) else torch.as_tensor(np.asarray(patterns))
     if pats.ndim == 2:
         pats = pats[None]
-    kwargs = {"attention_head_names": list(head_names)} if head_names is not None else {}
-    return cv.attention.attention_patterns(tokens=list(tokens), attention=pats.detach().float(), **kwargs)
+    if head_names is not None:
+        return cv.attention.attention_heads(attention=pats.detach().float(), tokens=list(tokens),
+                                            attention_head_names=list(head_names))
+    return cv.attention.attention_patterns(tokens=list(tokens), attention=pats.detach().float())
 
 
 def bar(values, labels: Sequence[str], title: str = "", ylabel: str = "", ax=None, highlight: Sequence[int] = ()):

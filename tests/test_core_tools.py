@@ -266,3 +266,12 @@ def test_platform_detection(monkeypatch, var, value, expected):
 def test_cache_dir_override(monkeypatch, tmp_path):
     monkeypatch.setenv("MI_TUTOR_CACHE", str(tmp_path))
     assert mt_env.cache_dir() == tmp_path
+
+
+def test_attention_view_with_and_without_head_names():
+    from mi_tutor.plots import attention_view
+
+    pats = torch.softmax(torch.randn(2, 4, 4), -1)
+    for names in (None, ["L0H0", "L0H1"]):
+        html = attention_view(["a", "b", "c", "d"], pats, head_names=names)._repr_html_()
+        assert "circuits-vis" in html

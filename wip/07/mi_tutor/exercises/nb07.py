@@ -1,0 +1,166 @@
+"""Exercises of notebook 07 (decomposing activations vs parameters): the SAE loss, feature-recovery
+scoring, and SPD's causal-importance mask."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..sae import feature_recovery, sae_loss
+from ..spd import causal_importance_mask
+from .core import Exercise, Mistake, register
+
+NOTEBOOK = "07_parameter_vs_activation_decomposition"
+
+
+def _t(a) -> torch.Tensor:
+    return torch.tensor(np.asarray(a), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------- the SAE loss
+
+def _sae_cases(rng: np.random.Generator):
+    cases = []
+    for batch, d, k, l1 in ((6, 3, 5, 0.1), (10, 4, 7, 0.03), (4, 2, 6, 1.0)):
+        h = _t(rng.normal(size=(batch, d)))
+        h_hat = h + _t(rng.normal(0, 0.3, size=(batch, d)))
+        z = _t(np.maximum(rng.normal(size=(batch, k)), 0))
+        cases.append(((h, h_hat, z, l1), {}))
+    return cases
+
+
+def _sae_mse_mean(h, h_hat, z, l1_coeff):
+    return ((h - h_hat) ** 2).mean() + l1_coeff * z.abs().sum(-1).mean()
+
+
+def _sae_l2(h, h_hat, z, l1_coeff):
+    return ((h - h_hat) ** 2).sum(-1).mean() + l1_coeff * (z ** 2).sum(-1).mean()
+
+
+def _sae_no_l1(h, h_hat, z, l1_coeff):
+    return ((h - h_hat) ** 2).sum(-1).mean()
+
+
+def _sae_l1_mean_all(h, h_hat, z, l1_coeff):
+    return ((h - h_hat) ** 2).sum(-1).mean() + l1_coeff * z.abs().mean()
+
+
+register(Exercise(
+    name="sae_loss",
+    notebook=NOTEBOOK,
+    reference=sae_loss,
+    cases=_sae_cases,
+    hints=[
+        "Two terms: reconstruction ||h - h_hat||^2 and sparsity l1_coeff * ||z||_1, both per input, then averaged over the batch.",
+        "Per input, SUM over dimensions: ((h - h_hat) ** 2).sum(-1) and z.abs().sum(-1); then .mean() over the batch.",
+        "Return one scalar tensor: recon + l1_coeff * sparsity.",
+    ],
+    mistakes=[
+        Mistake("you averaged the squared error over dimensions too (F.mse_loss / .mean() over everything): "
+                "sum over dimensions per input, then average over the batch", _sae_mse_mean),
+        Mistake("you penalised z squared (an L2 penalty): the sparsity term is the L1 norm, sum of |z|", _sae_l2),
+        Mistake("you left out the sparsity term l1_coeff * sum|z|", _sae_no_l1),
+        Mistake("you averaged |z| over latents as well: the L1 term sums |z| over latents, then averages over the batch",
+                _sae_l1_mean_all),
+    ],
+))
+
+
+# ---------------------------------------------------------------- feature recovery
+
+def _rec_cases(rng: np.random.Generator):
+    cases = []
+    for n, k, d in ((4, 6, 3), (5, 5, 2), (6, 9, 4)):
+        true = rng.normal(size=(n, d)) * rng.uniform(0.5, 3, size=(n, 1))
+        learned = np.concatenate([true[: n - 1] + rng.normal(0, 0.2, size=(n - 1, d)), rng.normal(size=(k - n + 1, d))])
+        learned = learned * rng.uniform(0.2, 4, size=(k, 1))
+        cases.append(((_t(true), _t(learned[rng.permutation(k)])), {}))
+    return cases
+
+
+def _rec_no_norm(true_dirs, learned_dirs):
+    return (true_dirs @ learned_dirs.T).max(dim=1).values.mean()
+
+
+def _rec_wrong_axis(true_dirs, learned_dirs):
+    t = true_dirs / true_dirs.norm(dim=-1, keepdim=True)
+    l = learned_dirs / learned_dirs.norm(dim=-1, keepdim=True)
+    return (t @ l.T).max(dim=0).values.mean()
+
+
+def _rec_abs(true_dirs, learned_dirs):
+    t = true_dirs / true_dirs.norm(dim=-1, keepdim=True)
+    l = learned_dirs / learned_dirs.norm(dim=-1, keepdim=True)
+    return (t @ l.T).abs().max(dim=1).values.mean()
+
+
+register(Exercise(
+    name="feature_recovery",
+    notebook=NOTEBOOK,
+    reference=feature_recovery,
+    cases=_rec_cases,
+    hints=[
+        "Normalise every row of both matrices to unit length, so that dot products are cosine similarities.",
+        "cos = t @ l.T has one row per TRUE feature; for each true feature take the best learned direction: max over dim=1.",
+        "Average those best cosines over the true features: a scalar in [-1, 1].",
+    ],
+    mistakes=[
+        Mistake("you did not normalise the directions, so you computed dot products, not cosine similarities",
+                _rec_no_norm),
+        Mistake("you took the max over the wrong axis (the best true feature for each learned direction); "
+                "recovery asks, for each TRUE feature, how well its best learned direction matches", _rec_wrong_axis),
+        Mistake("you took the absolute value of the cosine: a direction pointing the opposite way does not recover a "
+                "feature (latents and features are non-negative)", _rec_abs),
+    ],
+))
+
+
+# ---------------------------------------------------------------- the causal-importance mask
+
+def _mask_cases(rng: np.random.Generator):
+    cases = []
+    for shape in ((4, 3), (6, 5), (2, 8)):
+        pre = _t(rng.normal(0.5, 1.0, size=shape))
+        r = _t(rng.uniform(size=shape))
+        cases.append(((pre, r), {}))
+    return cases
+
+
+def _mask_sigmoid(pre, r):
+    g = torch.sigmoid(pre)
+    return g, g + (1 - g) * r
+
+
+def _mask_u0g(pre, r):
+    g = pre.clamp(0, 1)
+    return g, g * r
+
+
+def _mask_flipped(pre, r):
+    g = pre.clamp(0, 1)
+    return g, (1 - g) + g * r
+
+
+def _mask_no_noise(pre, r):
+    g = pre.clamp(0, 1)
+    return g, g.clone()
+
+
+register(Exercise(
+    name="causal_importance_mask",
+    notebook=NOTEBOOK,
+    reference=causal_importance_mask,
+    cases=_mask_cases,
+    hints=[
+        "The hard sigmoid is clamp(pre, 0, 1): exactly 0 below 0 and exactly 1 above 1.",
+        "A sample of U(g, 1) from r ~ U(0, 1): start at g and add a random fraction of the gap (1 - g).",
+        "Return the tuple (g, g + (1 - g) * r).",
+    ],
+    mistakes=[
+        Mistake("you used the smooth sigmoid: SPD's hard sigmoid clamp(pre, 0, 1) reaches exactly 0 (ablatable) and 1",
+                _mask_sigmoid),
+        Mistake("you sampled the mask from U(0, g) (g * r): the mask must lie between g and 1, so an important "
+                "subcomponent (g = 1) is never ablated", _mask_u0g),
+        Mistake("you swapped g and 1 - g: the mask must be U(g, 1), i.e. g + (1 - g) * r", _mask_flipped),
+        Mistake("you returned g itself as the mask: the mask is random, m ~ U(g, 1)", _mask_no_noise),
+    ],
+))

@@ -1,0 +1,153 @@
+"""Unit tests of notebook 07's modules: toy models of superposition, SAEs, and the SPD decomposition."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mi_tutor import sae as A
+from mi_tutor import spd as P
+from mi_tutor import superposition as S
+
+
+# ----------------------------------------------------------------------------- superposition
+
+def test_sample_features_density_and_range():
+    g = torch.Generator().manual_seed(0)
+    x = S.sample_features(20000, 6, 0.1, g)
+    assert x.shape == (20000, 6)
+    assert 0.09 < (x > 0).float().mean() < 0.11
+    assert x.min() >= 0 and x.max() <= 1
+
+
+def test_sample_features_per_instance_density():
+    x = S.sample_features(20000, 3, torch.tensor([1.0, 0.0]), torch.Generator().manual_seed(0), instances=2)
+    assert (x[:, 0] > 0).float().mean() > 0.99 and (x[:, 1] == 0).all()
+
+
+def test_bad_inputs_get_clear_errors():
+    with pytest.raises(ValueError, match="density"):
+        S.sample_features(4, 3, 1.5)
+    model = S.ToyModel(5, 2)
+    with pytest.raises(ValueError, match="expects 5"):
+        model(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="expects 2"):
+        A.SAE(2, 4).encode(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="same shape"):
+        P.causal_importance_mask(torch.zeros(2, 3), torch.zeros(3, 2))
+
+
+def test_toy_model_shapes_and_tied_readout():
+    model = S.ToyModel(5, 2, seed=3)
+    x = torch.rand(7, 5)
+    h = model.hidden(x)
+    assert h.shape == (7, 2)
+    torch.testing.assert_close(h, x @ model.W[0].T)
+    torch.testing.assert_close(model(x), torch.relu(h @ model.W[0] + model.b[0]))
+    assert model.feature_directions().shape == (5, 2)
+
+
+def test_superposition_geometry_metrics():
+    W = torch.tensor([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])  # f0, f2 antipodal; f1 own dim; f3 dropped
+    torch.testing.assert_close(S.feature_norms(W), torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    sup = S.superposition_score(W)
+    assert sup[1] < 1e-6 and sup[0] > 0.99 and sup[2] > 0.99
+    assert math.isclose(S.dimensions_per_feature(W), 2 / 3, rel_tol=1e-5)
+
+
+@pytest.mark.slow
+def test_sparse_toy_model_superposes_dense_one_does_not():
+    run = S.train_instances(5, 2, [1.0, 0.03], torch.tensor([0.8 ** i for i in range(5)]), steps=800, lr=1e-2, batch=512)
+    norms = run.model.W.detach().norm(dim=1)  # [instances, features]
+    assert int((norms[0] > 0.5).sum()) <= 3, "dense features: only the most important ones get a dimension"
+    assert int((norms[1] > 0.5).sum()) == 5, "sparse features: all five are packed into 2-D"
+
+
+def test_hidden_dims_mask_keeps_unused_rows_zero():
+    run = S.train_instances(4, 3, [0.3, 0.3], steps=5, hidden_dims=[1, 3])
+    assert run.model.W.detach()[0, 1:].abs().max() == 0
+    assert run.model.W.detach()[1].abs().max() > 0
+
+
+# ----------------------------------------------------------------------------- SAE
+
+def test_sae_loss_by_hand():
+    h = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    h_hat = torch.tensor([[0.0, 2.0], [1.0, 1.0]])
+    z = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
+    # recon: (1 + 2) / 2 = 1.5 ; l1: (3 + 0) / 2 = 1.5
+    assert math.isclose(float(A.sae_loss(h, h_hat, z, 0.1)), 1.5 + 0.15, rel_tol=1e-6)
+
+
+def test_feature_recovery_is_scale_and_order_invariant():
+    true = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    learned = torch.cat([true[[2, 0, 3, 1]] * torch.tensor([[2.0], [0.1], [5.0], [1.0]]), torch.randn(2, 3)])
+    assert math.isclose(float(A.feature_recovery(true, learned)), 1.0, abs_tol=1e-6)
+    assert float(A.feature_recovery(true[:1], -true[:1])) < -0.99  # opposite direction: no recovery
+
+
+def test_sae_decoder_columns_stay_unit_norm_and_metrics_in_range():
+    model = S.random_toy(6, 3, seed=0)
+    run = A.train_sae(lambda b, g: model.hidden(S.sample_features(b, 6, 0.2, g)), 3, 8, l1_coeff=0.1, steps=30)
+    torch.testing.assert_close(run.sae.W_dec.norm(dim=0), torch.ones(8))
+    h = model.hidden(S.sample_features(500, 6, 0.2, torch.Generator().manual_seed(1)))
+    assert 0 <= A.dead_fraction(run.sae, h) <= 1 and A.l0(run.sae, h) >= 0 and A.fvu(run.sae, h) >= 0
+
+
+@pytest.mark.slow
+def test_sae_recovers_planted_features_and_l1_shrinks():
+    """SAE on activations of a random 8-feature, 4-dim linear embedding: high L1 recovers, and shrinks."""
+    model = S.random_toy(8, 4, seed=2)
+    acts = lambda b, g: model.hidden(S.sample_features(b, 8, 0.05, g))
+    strong = A.train_sae(acts, 4, 8, l1_coeff=0.3, steps=800, lr=1e-2, batch=512, seed=0).sae
+    weak = A.train_sae(acts, 4, 8, l1_coeff=0.01, steps=800, lr=1e-2, batch=512, seed=0).sae
+    true = model.feature_directions()
+    assert float(A.feature_recovery(true, strong.directions())) > 0.9
+    assert A.shrinkage(strong, true) < A.shrinkage(weak, true) - 0.1
+
+
+@pytest.mark.slow
+def test_absorption_parent_latent_goes_quiet_when_child_fires():
+    res = A.absorption_experiment(l1_coeff=0.3, steps=800)
+    assert res.fire_rate_parent_alone > 0.9
+    assert max(res.child_cos_with_parent) > 0.5, "a child latent should carry the parent direction"
+    assert res.fire_rate_with_child < res.fire_rate_parent_alone - 0.15
+
+
+# ----------------------------------------------------------------------------- SPD
+
+def test_causal_importance_mask_bounds():
+    pre = torch.tensor([[-2.0, 0.3, 5.0]])
+    r = torch.tensor([[0.5, 0.5, 0.5]])
+    g, m = P.causal_importance_mask(pre, r)
+    torch.testing.assert_close(g, torch.tensor([[0.0, 0.3, 1.0]]))
+    torch.testing.assert_close(m, torch.tensor([[0.5, 0.65, 1.0]]))
+
+
+def test_masked_forward_with_all_ones_and_exact_parts_equals_target():
+    target = S.random_toy(5, 2, seed=0)
+    spd = P.SPDDecomposition(target, n_components=5)
+    with torch.no_grad():  # plant the true decomposition: component i = W_i e_i^T
+        spd.U.copy_(target.W[0].T)
+        spd.V.copy_(torch.eye(5))
+    x = torch.rand(9, 5)
+    h, out = spd.masked_forward(x, torch.ones(9, 5))
+    torch.testing.assert_close(h, target.hidden(x))
+    torch.testing.assert_close(out, target(x))
+    losses = P.spd_losses(spd, x, torch.Generator().manual_seed(0))
+    assert float(losses["faithfulness"]) < 1e-10
+    # ablating the component of an inactive feature changes nothing
+    x1 = torch.zeros(1, 5)
+    x1[0, 2] = 0.7
+    mask = torch.ones(1, 5)
+    mask[0, 0] = 0
+    torch.testing.assert_close(spd.masked_forward(x1, mask)[1], target(x1))
+
+
+def test_spd_training_reduces_losses():
+    target = S.train_toy(5, 2, 0.1, steps=150).model
+    run = P.train_spd(target, 0.1, n_components=6, steps=60, batch=128)
+    faith = [v for v in run.history["faithfulness"] if math.isfinite(v)]
+    assert faith[-1] < faith[0] / 2
+    assert all(math.isfinite(v) for v in run.history["stochastic_recon"])

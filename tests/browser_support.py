@@ -679,7 +679,8 @@ def parse_status(status: str) -> dict[str, str]:
 
 def move_one_control(page, box) -> str:
     """Move the explorer's first slider one step (focus its handle, press an arrow key) or,
-    if it has no slider, pick another option of its first dropdown. Returns what was done."""
+    if it has no slider, pick another option of its first dropdown, or else edit its first
+    text box (type, press Enter). Returns what was done."""
     handles = box.locator(".widget-slider .noUi-handle, .widget-hslider .noUi-handle")
     if handles.count():
         h = handles.first
@@ -700,7 +701,16 @@ def move_one_control(page, box) -> str:
         target = (current + 1) % n
         s.select_option(index=target)
         return f"dropdown: option {current} -> {target}"
-    raise AssertionError("this explorer has neither a slider nor a dropdown to move")
+    texts = box.locator(".widget-text input")
+    if texts.count():  # e.g. a prompt editor: change one word, press Enter (continuous_update=False)
+        t = texts.first
+        t.scroll_into_view_if_needed()
+        old = t.input_value()
+        new = old.replace(" a ", " the ", 1) if " a " in old else old + " too"
+        t.fill(new)
+        t.press("Enter")
+        return f"text: {old!r} -> {new!r}"
+    raise AssertionError("this explorer has no slider, dropdown or text box to move")
 
 
 #: a cell that asks the kernel what each explorer last rendered (values str()-ed the way the

@@ -252,6 +252,7 @@ def test_setup_is_quiet_seeded_and_offline(capsys, monkeypatch):
     a = torch.rand(3)
     mt_env.setup(seed=7, quiet=True)
     assert torch.equal(a, torch.rand(3))
+    assert torch.get_num_threads() == 1 and env.threads == 1  # identical numbers on every machine
     import circuitsvis.utils.render as render
     assert render.internet_on() is False
     assert env.platform in ("local", "colab", "binder")

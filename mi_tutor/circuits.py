@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .interventions import head_outputs, z_name
+from .interventions import head_outputs, heads_replaced_hooks, z_name
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 Head = tuple[int, int]
@@ -718,21 +718,6 @@ def _abc_means(model, ds) -> dict[int, torch.Tensor]:
     return ablation_values(model, ds.tokens, "mean", reference_tokens=ds.abc_tokens)
 
 
-def _z_replace_hooks(heads: Iterable[Head], values: dict[int, torch.Tensor]):
-    by_layer: dict[int, list[int]] = {}
-    for l, h in heads:
-        by_layer.setdefault(l, []).append(h)
-
-    def make(layer, hs):
-        def hook(z, hook):
-            z = z.clone()
-            z[:, :, hs] = values[layer][: z.shape[0], :, hs]
-            return z
-        return hook
-
-    return [(z_name(l), make(l, hs)) for l, hs in by_layer.items()]
-
-
 @dataclass
 class Faithfulness:
     """Mean logit differences: full model, circuit only (rest mean-ablated), nothing (all ablated)."""
@@ -761,9 +746,9 @@ def faithfulness(model, ds, circuit: Sequence[Head], means: dict[int, torch.Tens
     circuit = {tuple(h) for h in circuit}
     outside = [h for h in all_heads if h not in circuit]
     model_ld = float(ds.metric(model(ds.tokens)).mean())
-    with model.hooks(fwd_hooks=_z_replace_hooks(outside, means)):
+    with model.hooks(fwd_hooks=heads_replaced_hooks(outside, means)):
         circuit_ld = float(ds.metric(model(ds.tokens)).mean())
-    with model.hooks(fwd_hooks=_z_replace_hooks(all_heads, means)):
+    with model.hooks(fwd_hooks=heads_replaced_hooks(all_heads, means)):
         empty_ld = float(ds.metric(model(ds.tokens)).mean())
     return Faithfulness(model_ld, circuit_ld, empty_ld, len(circuit))
 
@@ -796,7 +781,7 @@ def knockout(model, ds, heads: Sequence[Head], dla_before: torch.Tensor | None =
     """Mean-ablate `heads` (e.g. the name movers) and re-measure LD and DLA (backup behaviour)."""
     means = _abc_means(model, ds) if means is None else means
     before = direct_logit_attribution(model, ds.tokens, ds.io, ds.s) if dla_before is None else None
-    after = direct_logit_attribution(model, ds.tokens, ds.io, ds.s, fwd_hooks=_z_replace_hooks(heads, means))
+    after = direct_logit_attribution(model, ds.tokens, ds.io, ds.s, fwd_hooks=heads_replaced_hooks(heads, means))
     dla_b = before.heads if before is not None else dla_before
     ld_b = before.logit_diff if before is not None else float(ds.metric(model(ds.tokens)).mean())
     return Knockout(list(heads), ld_b, after.logit_diff, dla_b, after.heads)

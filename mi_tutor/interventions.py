@@ -288,6 +288,33 @@ def attribution_patch_heads(
     return torch.stack(est).detach()
 
 
+def heads_replaced_hooks(
+    heads: Sequence[tuple[int, int]],
+    values: dict[int, torch.Tensor],
+    pos: int | None = None,
+) -> list[tuple[str, Callable]]:
+    """Forward hooks that replace SEVERAL heads' outputs at once by `values` (hook_z shaped).
+
+    Args:
+        heads: (layer, head) pairs.
+        values: {layer: [batch, pos, head, d_head]}; rows beyond the run's batch are ignored.
+        pos: replace only this position (e.g. -1), or every position (None).
+    """
+    by_layer: dict[int, list[int]] = {}
+    for l, h in heads:
+        by_layer.setdefault(l, []).append(h)
+    where = slice(None) if pos is None else pos
+
+    def make(layer, hs):
+        def hook(z, hook):
+            z = z.clone()
+            z[:, where, hs] = values[layer][: z.shape[0], where, hs]
+            return z
+        return hook
+
+    return [(z_name(l), make(l, hs)) for l, hs in by_layer.items()]
+
+
 @torch.no_grad()
 def run_with_heads_replaced(
     model,
@@ -297,18 +324,7 @@ def run_with_heads_replaced(
 ) -> torch.Tensor:
     """Logits with SEVERAL heads replaced at once (e.g. a whole circuit's complement)."""
     _check_tokens(tokens)
-    by_layer: dict[int, list[int]] = {}
-    for l, h in heads:
-        by_layer.setdefault(l, []).append(h)
-
-    def make(layer, hs):
-        def hook(z, hook):
-            z = z.clone()
-            z[:, :, hs] = values[layer][:, :, hs]
-            return z
-        return hook
-
-    return model.run_with_hooks(tokens, fwd_hooks=[(z_name(l), make(l, hs)) for l, hs in by_layer.items()])
+    return model.run_with_hooks(tokens, fwd_hooks=heads_replaced_hooks(heads, values))
 
 
 def rank_heads(scores: torch.Tensor, k: int = 10, largest: bool = True) -> list[tuple[int, int, float]]:
@@ -323,5 +339,5 @@ def rank_heads(scores: torch.Tensor, k: int = 10, largest: bool = True) -> list[
 __all__ = [
     "z_name", "resid_name", "logit_diff", "head_outputs", "ablation_values", "replace_each_head",
     "ablate_each_head", "patch_each_head", "patch_residual", "attribution_patch_heads",
-    "run_with_heads_replaced", "rank_heads", "metric_repeated",
+    "run_with_heads_replaced", "heads_replaced_hooks", "rank_heads", "metric_repeated",
 ]

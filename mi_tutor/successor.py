@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .interventions import Metric, attribution_patch_heads, head_outputs, patch_each_head, z_name
+from .interventions import Metric, attribution_patch_heads, head_outputs, heads_replaced_hooks, patch_each_head, z_name
 from .ordinal import OrdinalTokens, SuccessorPrompts, successor_prompts
 
 METHODS = ("weights", "ICA", "ablation", "attribution")
@@ -226,18 +226,7 @@ def flip_rate_of_heads(model, prompts: SuccessorPrompts, heads: Sequence[tuple[i
     same = prompts.target[src] == prompts.target
     src[same] = torch.roll(torch.arange(n), shift + 1)[same]
     source = head_outputs(model, prompts.tokens[src])
-    by_layer: dict[int, list[int]] = {}
-    for l, h in heads:
-        by_layer.setdefault(l, []).append(h)
-
-    def make(layer, hs):
-        def hook(z, hook):
-            z = z.clone()
-            z[:, -1, hs] = source[layer][:, -1, hs]
-            return z
-        return hook
-
-    logits = model.run_with_hooks(prompts.tokens, fwd_hooks=[(z_name(l), make(l, hs)) for l, hs in by_layer.items()])
+    logits = model.run_with_hooks(prompts.tokens, fwd_hooks=heads_replaced_hooks(heads, source, pos=-1))
     return float((logits[:, -1].argmax(-1) == prompts.target[src]).float().mean())
 
 

@@ -42,8 +42,9 @@ try:
 except Exception as e:
     error = f"{type(e).__name__}: {str(e)[:300]}"
 wall = time.perf_counter() - t0
-kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2  # KB -> GB (Linux)
-print(json.dumps({"wall_s": wall, "peak_rss_gb": kids, "error": error}))
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+kids = ru.ru_maxrss / 1024 ** 2  # KB -> GB (Linux)
+print(json.dumps({"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_gb": kids, "error": error}))
 """
 
 _LOAD_RUNNER = r"""
@@ -56,10 +57,12 @@ print(json.dumps({"wall_s": wall, "peak_rss_gb": resource.getrusage(resource.RUS
 """
 
 _PATCH_RUNNER = r"""
-import json, time, torch, warnings
+import json, sys, time, torch, warnings, contextlib, io as _io
 warnings.filterwarnings("ignore")
+from mi_tutor import setup
+setup(threads=int(sys.argv[1]), quiet=True)
 from mi_tutor.models import load_lm
-from mi_tutor import interventions as iv
+from mi_tutor import interventions as iv, circuits
 from transformer_lens import patching
 m = load_lm("smollm2-135m", verbose=False)
 clean = m.to_tokens(["When Mary and John went to the store, John gave a drink to"])
@@ -67,15 +70,22 @@ corrupt = m.to_tokens(["When Paul and Kate went to the store, Lisa gave a drink 
 io, s = m.to_single_token(" Mary"), m.to_single_token(" John")
 metric_b = lambda lg: iv.logit_diff(lg, torch.tensor([io]), torch.tensor([s]))
 metric_tl = lambda lg: metric_b(lg).mean()
+def timed(fn):
+    t0 = time.perf_counter(); out = fn(); return out, time.perf_counter() - t0
 _, clean_cache = m.run_with_cache(clean)
-t0 = time.perf_counter(); ours = iv.patch_each_head(m, corrupt, clean, metric_b); t_ours = time.perf_counter() - t0
-import contextlib, io as _io
-t0 = time.perf_counter()
+per_layer, t_layer = timed(lambda: iv.patch_each_head(m, corrupt, clean, metric_b))
+growing, t_grow = timed(lambda: circuits.patch_heads(m, corrupt, clean, metric_b))
+attrib, t_attr = timed(lambda: iv.attribution_patch_heads(m, corrupt, clean, metric_b))
 with contextlib.redirect_stderr(_io.StringIO()):
-    theirs = patching.get_act_patch_attn_head_out_all_pos(m, corrupt, clean_cache, metric_tl)
-t_tl = time.perf_counter() - t0
-agree = float(torch.corrcoef(torch.stack([ours.flatten(), theirs.flatten().float()]))[0, 1])
-print(json.dumps({"ours_s": t_ours, "transformer_lens_s": t_tl, "speedup": t_tl / t_ours, "correlation": agree}))
+    theirs, t_tl = timed(lambda: patching.get_act_patch_attn_head_out_all_pos(m, corrupt, clean_cache, metric_tl))
+theirs = theirs.float()
+base = float(metric_b(m(corrupt)).mean())
+corr = lambda a, b: float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+print(json.dumps({"threads": torch.get_num_threads(), "tokens": clean.shape[1], "heads": theirs.numel(),
+                  "transformer_lens_s": t_tl, "per_layer_s": t_layer, "growing_batch_s": t_grow, "attribution_s": t_attr,
+                  "speedup_per_layer": t_tl / t_layer, "speedup_growing_batch": t_tl / t_grow, "speedup_attribution": t_tl / t_attr,
+                  "max_abs_diff_exact": float(max((per_layer - theirs).abs().max(), (growing - theirs).abs().max())),
+                  "attribution_correlation": corr(attrib, theirs - base)}))
 """
 
 
@@ -104,9 +114,10 @@ def bench_notebook(path: Path) -> dict:
     return _run_json(_NOTEBOOK_RUNNER, [str(path)], env)
 
 
-def bench_patching() -> dict:
-    """All-heads activation patching: our batched version against TransformerLens's per-patch loop."""
-    return _run_json(_PATCH_RUNNER, [], {"HF_HUB_OFFLINE": "1"})
+def bench_patching(threads: tuple[int, ...] = (1, 2)) -> dict:
+    """All 270 heads of SmolLM2 patched on one IOI prompt, in one process per thread count:
+    TransformerLens's per-patch loop against our two batched engines and attribution patching."""
+    return {str(t): _run_json(_PATCH_RUNNER, [str(t)], {"HF_HUB_OFFLINE": "1"}) for t in threads}
 
 
 def _verdict(value: float | None, budget: float) -> str:
@@ -119,17 +130,19 @@ def to_markdown(results: dict) -> str:
     lines = ["# mi_tutor benchmark", "",
              f"Machine: {results['machine']}. Load average at start: {results['loadavg_start']}. "
              f"Date: {results['date']}.", "",
-             "| what | wall time (s) | budget (s) | peak RSS (GB) | budget (GB) | verdict |",
-             "|---|---|---|---|---|---|"]
+             "| what | wall time (s) | CPU time (s) | budget (s) | peak RSS (GB) | budget (GB) | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in results["notebooks"].items():
         wall, rss = r.get("wall_s"), r.get("peak_rss_gb")
         bw, br = BUDGETS.get(name[:2], (float("nan"), float("nan")))
         verdict = "ERROR: " + r["error"][:80] if r.get("error") else (
             "met" if (_verdict(wall, bw) == "met" and _verdict(rss, br) == "met") else "MISSED")
-        lines.append(f"| notebook {name} | {wall:.1f} | {bw:.0f} | {rss:.2f} | {br:.1f} | {verdict} |" if wall is not None
-                     else f"| notebook {name} | - | {bw:.0f} | - | {br:.1f} | {verdict} |")
+        cpu = f"{r['cpu_s']:.1f}" if r.get("cpu_s") is not None else "-"
+        lines.append(f"| notebook {name} | {wall:.1f} | {cpu} | {bw:.0f} | {rss:.2f} | {br:.1f} | {verdict} |" if wall is not None
+                     else f"| notebook {name} | - | - | {bw:.0f} | - | {br:.1f} | {verdict} |")
     total = sum(r.get("wall_s") or 0 for r in results["notebooks"].values())
-    lines.append(f"| **all notebooks** | {total:.1f} | {sum(BUDGETS.get(n[:2], (0, 0))[0] for n in results['notebooks']):.0f} | "
+    cpu_total = sum(r.get("cpu_s") or 0 for r in results["notebooks"].values())
+    lines.append(f"| **all notebooks** | {total:.1f} | {cpu_total:.1f} | {sum(BUDGETS.get(n[:2], (0, 0))[0] for n in results['notebooks']):.0f} | "
                  f"{max([r.get('peak_rss_gb') or 0 for r in results['notebooks'].values()] or [0]):.2f} (max) | | |")
     load = results.get("model_load", {})
     for key, label in (("first", "smollm2-135m first load (dequantise + cache)"), ("cached", "smollm2-135m cached load, incl. imports")):
@@ -137,12 +150,21 @@ def to_markdown(results: dict) -> str:
         if "wall_s" in r:
             budget = LOAD_BUDGET if key == "cached" else (None, None)
             verdict = "" if budget[0] is None else ("met" if r["wall_s"] <= budget[0] and r["peak_rss_gb"] <= budget[1] else "MISSED")
-            lines.append(f"| {label} | {r['wall_s']:.1f} | {budget[0] or '-'} | {r['peak_rss_gb']:.2f} | {budget[1] or '-'} | {verdict} |")
-    p = results.get("patching", {})
-    if "speedup" in p:
-        lines += ["", f"All-heads activation patching on SmolLM2 (270 heads, one IOI prompt): batched `mi_tutor.interventions."
-                  f"patch_each_head` {p['ours_s']:.1f} s vs TransformerLens `get_act_patch_attn_head_out_all_pos` "
-                  f"{p['transformer_lens_s']:.1f} s: **{p['speedup']:.1f}x** faster; results correlate at r = {p['correlation']:.4f}."]
+            lines.append(f"| {label} | {r['wall_s']:.1f} | - | {budget[0] or '-'} | {r['peak_rss_gb']:.2f} | {budget[1] or '-'} | {verdict} |")
+    patch = results.get("patching", {})
+    if patch:
+        lines += ["", "All-heads activation patching, SmolLM2 (270 heads, one 15-token IOI prompt, corrupted <- clean), "
+                  "each row one process:", "",
+                  "| torch threads | TransformerLens loop (s) | per-layer batches (s) | growing batch (s) | attribution (s) | "
+                  "speed-up, growing batch | speed-up, attribution | max abs diff (exact) | attribution r |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for t, p in patch.items():
+            if "error" in p:
+                lines.append(f"| {t} | error: {p['error'][-80:]} | | | | | | | |")
+                continue
+            lines.append(f"| {p['threads']} | {p['transformer_lens_s']:.1f} | {p['per_layer_s']:.1f} | {p['growing_batch_s']:.1f} | "
+                         f"{p['attribution_s']:.2f} | {p['speedup_growing_batch']:.1f}x | {p['speedup_attribution']:.0f}x | "
+                         f"{p['max_abs_diff_exact']:.1e} | {p['attribution_correlation']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -33,3 +33,24 @@ def test_student_command_writes_student_notebooks(tmp_path, monkeypatch):
 def test_cli_entry_point_runs():
     r = subprocess.run([sys.executable, "-m", "mi_tutor.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "doctor" in r.stdout and "student" in r.stdout
+
+
+def test_benchmark_table_says_which_budgets_are_met():
+    from mi_tutor import bench
+
+    results = {"machine": "x", "loadavg_start": "0.1", "date": "d",
+               "notebooks": {"00_a": {"wall_s": 30.0, "cpu_s": 25.0, "peak_rss_gb": 0.5, "error": None},
+                             "03_b": {"wall_s": 200.0, "cpu_s": 150.0, "peak_rss_gb": 1.0, "error": None},
+                             "04_c": {"wall_s": 10.0, "cpu_s": 9.0, "peak_rss_gb": 1.6, "error": None},
+                             "06_d": {"error": "CellExecutionError: boom"}},
+               "patching": {"1": {"threads": 1, "tokens": 15, "heads": 270, "transformer_lens_s": 60.0, "per_layer_s": 15.0,
+                                  "growing_batch_s": 6.0, "attribution_s": 0.5, "speedup_per_layer": 4.0,
+                                  "speedup_growing_batch": 10.0, "speedup_attribution": 120.0,
+                                  "max_abs_diff_exact": 1e-5, "attribution_correlation": 0.9}}}
+    md = bench.to_markdown(results)
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| notebook")}
+    assert rows["notebook 00_a"].rstrip(" |").endswith("met")
+    assert "MISSED" in rows["notebook 03_b"]          # 200 s > 180 s
+    assert "MISSED" in rows["notebook 04_c"]          # 1.6 GB > 1.5 GB
+    assert "ERROR" in rows["notebook 06_d"]
+    assert "| 1 | 60.0 | 15.0 | 6.0 | 0.50 | 10.0x | 120x |" in md

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import nbformat
 import numpy as np
@@ -276,3 +278,32 @@ def test_attention_view_with_and_without_head_names():
     for names in (None, ["L0H0", "L0H1"]):
         html = attention_view(["a", "b", "c", "d"], pats, head_names=names)._repr_html_()
         assert "circuits-vis" in html
+
+
+_FRAGMENT = r"""
+import sys, torch
+from mi_tutor.env import return_freed_memory
+on = sys.argv[1] == "on" and return_freed_memory()
+warm = torch.ones(1 << 20); del warm       # one 4 MB free: by default glibc raises its mmap threshold to 4 MB
+def heap_mb():
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            return (hi - lo) >> 20
+    return 0
+before = heap_mb()
+keep = [torch.ones(1 << 19) for _ in range(20)]  # twenty 2 MB blocks
+print(on, heap_mb() - before)               # MB they added to the heap (which is rarely given back)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_return_freed_memory_gives_freed_tensor_memory_back():
+    heap = {}
+    for mode in ("on", "off"):
+        out = subprocess.run([sys.executable, "-c", _FRAGMENT, mode], capture_output=True, text=True, check=True).stdout
+        on, mb = out.split()
+        heap[mode] = (on == "True", int(mb))
+    assert heap["on"][0], "return_freed_memory() could not set glibc's thresholds"
+    assert heap["on"][1] < 8, f"2 MB tensors should be mapped on their own (freed = returned), but the heap grew {heap['on'][1]} MB"
+    assert heap["off"][1] >= 30, f"control: by default glibc should put them on the heap, which grew only {heap['off'][1]} MB"

@@ -146,7 +146,7 @@ def train_instances(n_features: int, n_hidden: int, densities: Sequence[float], 
         with torch.no_grad():
             model.W.mul_(keep)
     g = torch.Generator().manual_seed(seed + 1)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     # cosine decay: the end state is cleaner and more reproducible
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
 
@@ -163,7 +163,7 @@ def train_instances(n_features: int, n_hidden: int, densities: Sequence[float], 
         return loss.item() * k  # loss summed over instances
 
     eval_g = torch.Generator().manual_seed(seed + 2)
-    x_eval = sample_features(4096, n_features, dens, eval_g, instances=k)
+    x_eval = sample_features(1024, n_features, dens, eval_g, instances=k)
 
     def eval_fn(step: int) -> dict[str, float]:
         with torch.no_grad():
@@ -257,13 +257,14 @@ class PhaseDiagram:
     W: np.ndarray              # [rows, cols, 2] the 1-D weights of both features
 
 
-def phase_diagram(densities: Sequence[float] = tuple(np.logspace(0, -2, 7)),
-                  importances: Sequence[float] = tuple(np.logspace(-1, 1, 7)),
-                  steps: int = 1500, restarts: int = 3, seed: int = 0) -> PhaseDiagram:
+def phase_diagram(densities: Sequence[float] = tuple(np.logspace(0, -2, 5)),
+                  importances: Sequence[float] = tuple(np.logspace(-1, 1, 5)),
+                  steps: int = 600, restarts: int = 2, batch: int = 256, seed: int = 0) -> PhaseDiagram:
     """Elhage et al.'s smallest phase diagram: 2 features, 1 hidden dimension.
 
-    For each (density, relative importance of feature 1) `restarts` models are trained (all in one
-    batch) and the one with the lowest loss is kept; feature 1 is then *not represented*
+    For each (density, relative importance of feature 1) `restarts` models are trained, all
+    cells and restarts as ONE batched model (a leading "copy" dimension), and the one with the
+    lowest loss is kept; feature 1 is then *not represented*
     (|W_1| < 0.5), has a *dedicated dimension* (feature 0 is dropped instead), or shares the
     dimension with feature 0 in *superposition* (both kept, pointing in opposite directions).
     """
@@ -273,7 +274,7 @@ def phase_diagram(densities: Sequence[float] = tuple(np.logspace(0, -2, 7)),
     grid_d = np.tile(np.repeat(dens, len(imps)), restarts)
     grid_i = np.tile(np.tile(imps, len(dens)), restarts)
     importance = torch.tensor(np.stack([np.ones_like(grid_i), grid_i], 1), dtype=torch.float32)
-    run = train_instances(2, 1, grid_d.tolist(), importance, steps=steps, batch=1024, lr=1e-2, seed=seed)
+    run = train_instances(2, 1, grid_d.tolist(), importance, steps=steps, batch=batch, lr=1e-2, seed=seed)
     g = torch.Generator().manual_seed(seed + 3)
     x = sample_features(8192, 2, torch.tensor(grid_d, dtype=torch.float32), g, instances=len(grid_d))
     with torch.no_grad():
@@ -325,12 +326,12 @@ class SuperpositionGrid:
 
 
 def superposition_grid(n_features: int = 8, hidden: Sequence[int] = (2, 3, 5), densities: Sequence[float] = (1.0, 0.3, 0.1, 0.03, 0.01),
-                       decay: float = 0.8, steps: int = 2000, seed: int = 0) -> SuperpositionGrid:
+                       decay: float = 0.8, steps: int = 2000, batch: int = 256, seed: int = 0) -> SuperpositionGrid:
     """Train the explorer's models (one batched run): every (n_hidden, density) pair, importance decay**i."""
     imp = torch.tensor([decay ** i for i in range(n_features)])
     dens = [d for _ in hidden for d in densities]
     dims = [m for m in hidden for _ in densities]
-    run = train_instances(n_features, max(hidden), dens, imp, steps=steps, lr=1e-2, seed=seed, hidden_dims=dims)
+    run = train_instances(n_features, max(hidden), dens, imp, steps=steps, batch=batch, lr=1e-2, seed=seed, hidden_dims=dims)
     return SuperpositionGrid(n_features, list(densities), list(hidden), run)
 
 

@@ -20,6 +20,7 @@ attention-pattern snapshots for the training-step scrubber.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -117,9 +118,9 @@ class RunConfig:
     n_layers: int = 2
     d_model: int = 64
     n_heads: int = 4
-    lr: float = 2e-2
+    lr: float = 3e-2
     batch_size: int = 64
-    n_steps: int = 400
+    n_steps: int = 500
     eval_every: int = 20
     seed: int = 0
     normalization_type: str | None = None
@@ -138,9 +139,11 @@ class Run:
     probe_tokens: torch.Tensor  # [n_probe, 2 * probe_half_len] repeated random tokens
     snapshot_steps: list[int]
     snapshots: torch.Tensor  # [n_snapshots, n_layers, n_heads, q, k] on probe_tokens[0]
+    cpu_seconds: float = 0.0  # CPU time of the training loop (process time, all threads)
 
     @property
     def seconds(self) -> float:
+        """Wall-clock seconds of the training loop (inflated when the machine is shared)."""
         return self.history.seconds
 
     def scores(self) -> metrics.HeadScores:
@@ -156,6 +159,75 @@ def probe_tokens(task: TaskConfig, half_len: int, n: int = 16, seed: int = 1234)
     return metrics.random_repeated_tokens(n, half_len, 0, task.d_vocab, seed=seed)
 
 
+def toy_params(model_or_state: Any) -> dict[str, torch.Tensor]:
+    """The toy bridge's parameters by state-dict name (live Parameters, so gradients reach the bridge)."""
+    if isinstance(model_or_state, dict):
+        return model_or_state
+    return dict(model_or_state.state_dict(keep_vars=True))
+
+
+def fast_forward(model_or_state: Any, tokens: torch.Tensor, n_heads: int | None = None,
+                 return_patterns: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """The attention-only toy model's forward in plain torch, on the bridge's own weights.
+
+    The same computation as ``model(tokens)`` for a model from `attn_only_model` without
+    LayerNorm (tested equal to it), without the bridge's hook machinery, which costs far more
+    than the arithmetic of so small a model. Per layer: ``q, k, v`` as ``[batch, head, pos,
+    d_head]``, scores ``q @ k^T / sqrt(d_head)`` with a causal mask, softmax, ``z = pattern @ v``,
+    and the output projection added to the residual stream. Ordinary batched matmuls on
+    ``[batch, head, pos, d_head]`` tensors are fast on a CPU (an einsum over a big batch can
+    turn into thousands of tiny matmuls).
+
+    Args:
+        model_or_state: the bridge (its Parameters are used, so training updates the bridge)
+            or the dict returned by `toy_params`.
+        tokens: ``[batch, pos]`` token ids, pos <= n_ctx.
+        n_heads: defaults to the model's own (needed when a dict is given).
+        return_patterns: also return every layer's attention pattern ``[batch, head, q, k]``.
+
+    Returns:
+        logits ``[batch, pos, d_vocab]`` (and the list of patterns).
+    """
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
+    if n_heads is None:
+        cfg = getattr(model_or_state, "cfg", None)
+        if cfg is None:
+            raise ValueError("pass n_heads when giving a parameter dict")
+        n_heads = int(cfg.n_heads)
+    s = toy_params(model_or_state)
+    if any(".ln" in k or k.startswith("ln_final") for k in s):
+        raise ValueError("fast_forward supports attention-only models without LayerNorm; use model(tokens)")
+    if any(".mlp." in k for k in s):
+        raise ValueError("fast_forward supports attention-only models (no MLPs); use model(tokens)")
+    B, P = tokens.shape
+    if P > s["pos_embed.weight"].shape[0]:
+        raise ValueError(f"{P} tokens exceed the context of {s['pos_embed.weight'].shape[0]}")
+    d_model = s["embed.weight"].shape[1]
+    d_head = d_model // n_heads
+    n_layers = 1 + max(int(k.split(".")[1]) for k in s if k.startswith("blocks."))
+    x = s["embed.weight"][tokens] + s["pos_embed.weight"][:P]
+    mask = torch.ones(P, P, dtype=torch.bool).triu(1)
+    patterns = []
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # [B, P, d_model] -> [B, H, P, d_head]
+        return t.view(B, P, n_heads, d_head).transpose(1, 2)
+
+    for layer in range(n_layers):
+        a = f"blocks.{layer}.attn."
+        q = heads(F.linear(x, s[a + "q.weight"], s.get(a + "q.bias")))
+        k = heads(F.linear(x, s[a + "k.weight"], s.get(a + "k.bias")))
+        v = heads(F.linear(x, s[a + "v.weight"], s.get(a + "v.bias")))
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d_head)
+        pattern = scores.masked_fill(mask, float("-inf")).softmax(-1)
+        if return_patterns:
+            patterns.append(pattern)
+        z = (pattern @ v).transpose(1, 2).reshape(B, P, d_model)
+        x = x + F.linear(z, s[a + "o.weight"], s.get(a + "o.bias"))
+    logits = F.linear(x, s["unembed.weight"], s.get("unembed.bias"))
+    return (logits, patterns) if return_patterns else logits
+
+
 @torch.no_grad()
 def _patterns(model, tokens: torch.Tensor) -> list[torch.Tensor]:
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
@@ -166,15 +238,26 @@ def _patterns(model, tokens: torch.Tensor) -> list[torch.Tensor]:
 def train_induction(cfg: RunConfig, live: bool = True, progress: bool = True) -> Run:
     """Train an attention-only model on the task; returns a `Run`.
 
+    The weights live in a `TransformerBridge` (from `attn_only_model`), so every analysis
+    tool works on the result, but training and evaluation run `fast_forward` on those same
+    Parameters: the bridge's hook machinery would cost more than the model's arithmetic.
+
     Every `eval_every` steps it records, on a fixed evaluation batch of the run's own task:
     ``loss_repeated`` and ``loss_first``; on repeated random probe tokens: the best
     ``induction`` score (last layer) and the best ``previous_token`` score (layers before the
     last); and a snapshot of every head's attention on one probe sequence.
     """
+    if cfg.normalization_type is not None:
+        raise ValueError("train_induction trains models without LayerNorm (normalization_type=None), "
+                         f"got {cfg.normalization_type!r}")
+    if cfg.eval_every < 1 or cfg.n_steps < 1:
+        raise ValueError(f"n_steps and eval_every must be >= 1, got {cfg.n_steps} and {cfg.eval_every}")
     torch.manual_seed(cfg.seed)
     model = attn_only_model(n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
                             d_vocab=cfg.task.d_vocab, n_ctx=cfg.task.n_ctx,
                             normalization_type=cfg.normalization_type, seed=cfg.seed)
+    params = toy_params(model)
+    n_heads = cfg.n_heads
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     gen = torch.Generator().manual_seed(10_000 + cfg.seed)
     eval_tokens, eval_rep = make_batch(cfg.task, 256, torch.Generator().manual_seed(777))
@@ -183,9 +266,8 @@ def train_induction(cfg: RunConfig, live: bool = True, progress: bool = True) ->
     snap_steps: list[int] = []
 
     def step_fn(step: int) -> float:
-        model.train()
         tokens, _ = make_batch(cfg.task, cfg.batch_size, gen)
-        logits = model(tokens)
+        logits = fast_forward(params, tokens, n_heads)
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -194,9 +276,8 @@ def train_induction(cfg: RunConfig, live: bool = True, progress: bool = True) ->
 
     @torch.no_grad()
     def eval_fn(step: int) -> dict[str, float]:
-        model.eval()
-        rep, first = split_loss(model(eval_tokens), eval_tokens, eval_rep)
-        pats = _patterns(model, probe)
+        rep, first = split_loss(fast_forward(params, eval_tokens, n_heads), eval_tokens, eval_rep)
+        _, pats = fast_forward(params, probe, n_heads, return_patterns=True)
         ind = torch.stack([metrics.induction_score(p, cfg.probe_half_len).mean(0) for p in pats])
         prev = torch.stack([metrics.previous_token_score(p).mean(0) for p in pats])
         snaps.append(torch.stack([p[0] for p in pats]).half())
@@ -207,12 +288,14 @@ def train_induction(cfg: RunConfig, live: bool = True, progress: bool = True) ->
 
     plot = LivePlot([["loss_repeated", "loss_first"], ["induction", "previous_token"]],
                     title=f"{cfg.label}: loss and head scores while training") if live else None
+    model.train()
+    cpu0 = time.process_time()
     history = train(step_fn, cfg.n_steps, eval_fn=eval_fn, eval_every=cfg.eval_every, live=plot,
-                    live_every=cfg.eval_every * 3, desc=cfg.label, progress=progress)
+                    live_every=cfg.eval_every * 4, desc=cfg.label, progress=progress)
     if plot is not None:
         plot.close(history)
     model.eval()
-    return Run(cfg, model, history, probe, snap_steps, torch.stack(snaps))
+    return Run(cfg, model, history, probe, snap_steps, torch.stack(snaps), time.process_time() - cpu0)
 
 
 # --------------------------------------------------------------------------------------

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -85,50 +84,155 @@ def cosine_matrix(true_dirs: torch.Tensor, learned_dirs: torch.Tensor) -> torch.
     return t @ l.T
 
 
+class SAEStack(nn.Module):
+    """k SAEs trained side by side as ONE batched model (a leading "copy" dimension, einsum).
+
+    Copy i has `d_saes[i]` latents and starts exactly as `SAE(d_in, d_saes[i], seed)` would; latents
+    beyond its size are masked to zero, so they get no gradient. On a CPU, where tiny models are
+    bound by per-operation overhead, training k copies this way costs little more than one.
+    """
+
+    def __init__(self, d_in: int, d_saes: Sequence[int], seed: int = 0):
+        super().__init__()
+        if len(d_saes) < 1:
+            raise ValueError("give at least one dictionary size")
+        width = max(d_saes)
+        k = len(d_saes)
+        W_dec, b_enc = torch.zeros(k, d_in, width), torch.zeros(k, width)
+        for i, d in enumerate(d_saes):
+            W_dec[i, :, :d] = SAE(d_in, d, seed=seed).W_dec.detach()
+        self.W_dec = nn.Parameter(W_dec)                           # [k, d_in, width]
+        self.W_enc = nn.Parameter(W_dec.transpose(1, 2).clone())   # [k, width, d_in]
+        self.b_enc = nn.Parameter(b_enc)
+        self.b_dec = nn.Parameter(torch.zeros(k, d_in))
+        self.register_buffer("latent_mask", (torch.arange(width)[None, :] < torch.tensor(list(d_saes))[:, None]).float())
+        self.d_in, self.d_saes = d_in, list(d_saes)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h: [batch, k, d_in] (or [batch, d_in], shared by all copies) -> (h_hat [batch, k, d_in], z [batch, k, width])."""
+        if h.shape[-1] != self.d_in:
+            raise ValueError(f"activations have {h.shape[-1]} dimensions, these SAEs expect {self.d_in}")
+        if h.ndim == 2:
+            h = h[:, None, :]
+        z = torch.relu(torch.einsum("kwd,bkd->bkw", self.W_enc, h - self.b_dec) + self.b_enc) * self.latent_mask
+        return torch.einsum("kdw,bkw->bkd", self.W_dec, z) + self.b_dec, z
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        norms = self.W_dec.norm(dim=1, keepdim=True)
+        self.W_dec.div_(torch.where(norms > 0, norms, torch.ones_like(norms)))
+
+    def unstack(self, i: int) -> SAE:
+        """Copy i as an ordinary (frozen) `SAE`."""
+        d = self.d_saes[i]
+        sae = SAE(self.d_in, d)
+        with torch.no_grad():
+            sae.W_dec.copy_(self.W_dec[i, :, :d])
+            sae.W_enc.copy_(self.W_enc[i, :d])
+            sae.b_enc.copy_(self.b_enc[i, :d])
+            sae.b_dec.copy_(self.b_dec[i])
+        sae.eval()
+        for p in sae.parameters():
+            p.requires_grad_(False)
+        return sae
+
+
+@torch.no_grad()
+def chance_recovery(n_true: int, n_learned: int, dim: int, draws: int = 500, seed: int = 0) -> float:
+    """The `feature_recovery` that `n_learned` RANDOM unit directions reach against `n_true` random true
+    directions in `dim` dimensions (mean over `draws`): the metric's chance level. In a 2-D hidden space
+    it is high (10 random directions score about 0.93), so a recovery must be read against it."""
+    if min(n_true, n_learned, dim, draws) < 1:
+        raise ValueError("n_true, n_learned, dim and draws must be positive")
+    g = torch.Generator().manual_seed(seed)
+    t = torch.nn.functional.normalize(torch.randn(draws, n_true, dim, generator=g), dim=-1)
+    l = torch.nn.functional.normalize(torch.randn(draws, n_learned, dim, generator=g), dim=-1)
+    return float((t @ l.transpose(1, 2)).max(-1).values.mean())
+
+
+@torch.no_grad()
+def matched_recovery(true_dirs: torch.Tensor, writes: torch.Tensor) -> float:
+    """A stricter recovery score, matched by behaviour rather than by the best of many directions.
+
+    writes[i, j] is the vector component j writes into the hidden space when only feature i is on
+    ([n_true, n_components, d]). Feature i is matched to the component that writes the most
+    (largest norm) and scored by the cosine of that write with the true direction; mean over features.
+    """
+    if writes.ndim != 3 or writes.shape[0] != true_dirs.shape[0] or writes.shape[2] != true_dirs.shape[1]:
+        raise ValueError(f"writes must be [n_true={true_dirs.shape[0]}, n_components, d={true_dirs.shape[1]}], "
+                         f"got {tuple(writes.shape)}")
+    best = writes.norm(dim=-1).argmax(1)
+    chosen = writes[torch.arange(len(best)), best]
+    return float(torch.nn.functional.cosine_similarity(chosen, true_dirs, dim=-1).mean())
+
+
+@torch.no_grad()
+def sae_writes(sae: SAE, h: torch.Tensor) -> torch.Tensor:
+    """What each latent writes into the reconstruction for each input: z_j(h) * decoder_j, [batch, d_sae, d_in]."""
+    return sae.encode(h)[:, :, None] * sae.directions()[None]
+
+
 @dataclass
 class SAERun:
     sae: SAE
     history: History
     l1_coeff: float
-    seconds: float
+    seconds: float        # wall time of the training run (shared by `copies` SAEs trained together)
     n_params: int
+    steps: int = 0
+    batch: int = 0
+    copies: int = 1
 
 
-def train_sae(acts_fn: Callable[[int, torch.Generator], torch.Tensor], d_in: int, d_sae: int, l1_coeff: float = 0.01,
-              steps: int = 2000, batch: int = 512, lr: float = 3e-3, seed: int = 0,
-              eval_acts: torch.Tensor | None = None, progress: bool = False) -> SAERun:
-    """Train an SAE on activations drawn fresh each step from `acts_fn(batch, generator)`."""
+def train_saes(acts_fn: Callable[[int, torch.Generator], torch.Tensor], d_in: int, d_saes: Sequence[int],
+               l1_coeffs: Sequence[float], steps: int = 2000, batch: int = 512, lr: float = 3e-3, seed: int = 0,
+               progress: bool = False) -> list[SAERun]:
+    """Train one SAE per (d_sae, l1_coeff) pair, all at once (`SAEStack`), on activations drawn fresh each
+    step from `acts_fn(batch, generator)` ([batch, d_in], shared by all copies, or [batch, k, d_in]).
+
+    Each copy minimises its own `sae_loss`; the losses are summed, and since Adam's update is per
+    parameter, the copies train independently of each other.
+    """
+    if len(d_saes) != len(l1_coeffs):
+        raise ValueError(f"one l1_coeff per dictionary size: got {len(d_saes)} sizes and {len(l1_coeffs)} coefficients")
+    if steps < 1 or batch < 1:
+        raise ValueError("steps and batch must be positive")
     torch.manual_seed(seed)
-    sae = SAE(d_in, d_sae, seed=seed)
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    stack = SAEStack(d_in, d_saes, seed=seed)
+    l1 = torch.tensor(list(l1_coeffs), dtype=torch.float32)
+    opt = torch.optim.Adam(stack.parameters(), lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     g = torch.Generator().manual_seed(seed + 1)
 
     def step_fn(step: int) -> float:
         h = acts_fn(batch, g)
-        h_hat, z = sae(h)
-        loss = sae_loss(h, h_hat, z, l1_coeff)
+        h_hat, z = stack(h)
+        if h.ndim == 2:
+            h = h[:, None, :]
+        recon = ((h - h_hat) ** 2).sum(-1).mean(0)            # [k]: sae_loss, copy by copy
+        sparsity = z.abs().sum(-1).mean(0)
+        loss = (recon + l1 * sparsity).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        sae.normalise_decoder()
+        stack.normalise_decoder()
         return loss.item()
 
-    def eval_fn(step: int) -> dict[str, float]:
-        if eval_acts is None:
-            return {}
-        with torch.no_grad():
-            return {"fvu": fvu(sae, eval_acts), "l0": l0(sae, eval_acts)}
-
     t0 = time.perf_counter()
-    hist = train(step_fn, steps, eval_fn=eval_fn if eval_acts is not None else None, eval_every=max(1, steps // 5),
-                 desc="SAE", progress=progress)
+    hist = train(step_fn, steps, desc="SAE", progress=progress)
     seconds = time.perf_counter() - t0
-    sae.eval()
-    for p in sae.parameters():
-        p.requires_grad_(False)
-    return SAERun(sae, hist, l1_coeff, seconds, sum(p.numel() for p in sae.parameters()))
+    runs = []
+    for i, (d, c) in enumerate(zip(d_saes, l1_coeffs)):
+        sae = stack.unstack(i)
+        runs.append(SAERun(sae, hist, float(c), seconds, sum(p.numel() for p in sae.parameters()), steps, batch, len(d_saes)))
+    return runs
+
+
+def train_sae(acts_fn: Callable[[int, torch.Generator], torch.Tensor], d_in: int, d_sae: int, l1_coeff: float = 0.01,
+              steps: int = 2000, batch: int = 512, lr: float = 3e-3, seed: int = 0, progress: bool = False) -> SAERun:
+    """Train one SAE on activations drawn fresh each step from `acts_fn(batch, generator)` (`train_saes` with one copy)."""
+    return train_saes(acts_fn, d_in, [d_sae], [l1_coeff], steps=steps, batch=batch, lr=lr, seed=seed, progress=progress)[0]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -264,6 +368,6 @@ def plot_sweep(name: str, values: list, reports: list[dict[str, float]], keys: l
 
 __all__ = [
     "sae_report", "format_sweep", "plot_sweep",
-    "SAE", "sae_loss", "feature_recovery", "cosine_matrix", "SAERun", "train_sae", "fvu", "l0", "dead_fraction",
+    "chance_recovery", "matched_recovery", "sae_writes", "SAE", "SAEStack", "sae_loss", "feature_recovery", "cosine_matrix", "SAERun", "train_saes", "train_sae", "fvu", "l0", "dead_fraction",
     "latents_per_feature", "shrinkage", "AbsorptionResult", "hierarchical_activations", "absorption_experiment",
 ]

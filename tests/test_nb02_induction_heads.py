@@ -9,6 +9,16 @@ import torch
 from mi_tutor import induction, metrics
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Train single-threaded, as the notebook does (`setup()` pins torch to one thread): the toy
+    model's matmuls are too small for a thread pool, which only adds overhead on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------ the task
 
 @pytest.mark.parametrize("random_start", [False, True])
@@ -144,6 +154,58 @@ def test_random_gpt2_has_no_induction_heads(gpt2_arch):
     assert s.induction.max() < 0.3  # random weights: no prefix matching
 
 
+# ------------------------------------------------------------------ the fast forward
+
+def _perturbed_toy(n_layers: int, seed: int = 0):
+    from mi_tutor.models import attn_only_model
+
+    model = attn_only_model(n_layers=n_layers, d_model=32, n_heads=4, d_vocab=24, n_ctx=20, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # move away from the initialisation so that every term matters (biases too)
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_fast_forward_equals_the_bridge_forward_and_its_patterns(n_layers):
+    model = _perturbed_toy(n_layers, seed=n_layers)
+    tokens = torch.randint(0, 24, (5, 17), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(tokens)
+        logits, patterns = induction.fast_forward(model, tokens, return_patterns=True)
+        reference = induction._patterns(model, tokens)
+    assert logits.shape == expected.shape == (5, 17, 24)
+    assert expected.abs().max() > 1.0  # not a trivial comparison of near-zero logits
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert len(patterns) == n_layers
+    for ours, theirs in zip(patterns, reference):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_forward_trains_the_bridge_parameters():
+    model = _perturbed_toy(2)
+    tokens = torch.randint(0, 24, (4, 20), generator=torch.Generator().manual_seed(1))
+    induction.fast_forward(model, tokens).logsumexp(-1).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values()), [n for n, g in grads.items() if g is None]
+
+
+def test_fast_forward_rejects_what_it_does_not_compute():
+    from mi_tutor.models import attn_only_model
+
+    with pytest.raises(ValueError, match="LayerNorm"):
+        induction.fast_forward(attn_only_model(n_layers=1, d_model=16, n_heads=2, d_vocab=8, n_ctx=8,
+                                               normalization_type="LN"), torch.zeros(1, 4, dtype=torch.long))
+    model = _perturbed_toy(1)
+    with pytest.raises(ValueError, match="exceed the context"):
+        induction.fast_forward(model, torch.zeros(1, 21, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch, pos"):
+        induction.fast_forward(model, torch.zeros(21, dtype=torch.long))
+    with pytest.raises(ValueError, match="n_heads"):
+        induction.fast_forward(induction.toy_params(model), torch.zeros(1, 4, dtype=torch.long))
+
+
 # ------------------------------------------------------------------ toy runs
 
 FAST = induction.RunConfig(n_steps=10, eval_every=5, batch_size=8, task=induction.TaskConfig(n_ctx=32, min_len=4, max_len=12),
@@ -170,7 +232,9 @@ def test_train_induction_is_reproducible():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_induction_circuit_forms_for_other_seeds(seed):
-    """The notebook uses seed 0; the phase change and the circuit must not depend on it."""
+    """The notebook uses seed 0; the phase change and the circuit must not depend on it.
+
+    (With the earlier default lr 2e-2, seed 3 was still on the plateau after 400 steps.)"""
     run = induction.train_induction(induction.RunConfig(seed=seed), live=False, progress=False)
     pc = induction.phase_change(run.history)
     assert pc.plateau_end >= 3 * run.config.eval_every and pc.drop > 0.3, str(pc)
@@ -181,7 +245,11 @@ def test_induction_circuit_forms_for_other_seeds(seed):
     assert circuit.induction_score > 4 * chance and circuit.previous_token_score > 4 * chance, circuit.summary()
     assert circuit.k_composition_of_pair > circuit.k_baseline + 0.05, circuit.summary()
     effects = induction.ablation_experiment(run.model, circuit, run.probe_tokens, run.config.probe_half_len)
-    assert effects["ablated"] < 0.5 * effects["clean"] < effects["ablated + keys restored"], effects
+    # Seed 0 (the notebook) collapses to ~0.15; with some seeds a second layer-0 head shares the
+    # previous-token job, so ablating only the best one breaks the induction head partly (seed 1: 0.95 -> 0.54).
+    assert effects["ablated"] < 0.75 * effects["clean"], effects
+    assert effects["ablated + keys restored"] > 0.9 * effects["clean"], effects
+    assert effects["ablated + queries restored"] < 0.75 * effects["clean"], effects
 
 
 @pytest.mark.slow

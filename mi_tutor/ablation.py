@@ -1,0 +1,889 @@
+"""The ablation critique: what destructive experiments show, what they hide, and what observing can add.
+
+Notebook 05 puts four claims of an essay against ablation studies ("lobotomy") to the test on
+the two real tasks of notebooks 03 (IOI) and 04 (successors):
+
+1. components are assumed local and separable  -> zero / mean / resample disagree? (`sweep`)
+2. removal creates an artificial state           -> damage on unrelated text (`control_damage`)
+3. damage may be mistaken for mechanism          -> task KL vs control KL (`damage_flags`)
+4. entropy rise mistaken for mechanism           -> entropy change, task and control
+
+and adds the standard answers of the best-practice literature: self-repair split into direct
+effect and compensation (`self_repair`), OR-like backups (`pair_interactions`), noising vs
+denoising (`noising_denoising`), observational methods (`logit_lens`, `covariation`,
+`probe_layers`, attention, DLA, attribution patching) and a causal-scrubbing-style test
+(`scrub`). The all-heads sweeps use the growing-batch engine of `circuits.run_copies`.
+
+Both tasks are wrapped as a `Task`: aligned clean prompts, aligned counterfactual prompts, and
+a logit difference (answer - wrong) at the final position.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+
+from . import circuits
+from .circuits import Patch, run_copies
+from .interventions import ablation_values, head_outputs, heads_replaced_hooks
+
+Head = tuple[int, int]
+Kind = Literal["zero", "mean", "resample"]
+KINDS: tuple[str, ...] = ("zero", "mean", "resample")
+
+#: Plain text with no names, no lists and no ordinal sequences: the "control" on which an
+#: ablation should change nothing if the head it removes is specific to a task.
+CONTROL_TEXT = (
+    "The soup was ready after an hour on a low flame, and the kitchen smelled of onions and pepper. "
+    "Rain had been falling since the morning, so the streets were quiet and the river was high. "
+    "A good bridge needs a firm base, careful drawings and a lot of patience from its builders. "
+    "Most plants grow faster in spring, when the soil is warm and the days are long."
+)
+
+
+# --------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """Aligned prompts, their counterfactuals, and the logit difference answer - wrong at the end.
+
+    Attributes:
+        name: "IOI" or "successor" (or anything).
+        tokens, counterfactual: ``[batch, pos]`` (same shape).
+        answer, wrong: ``[batch]`` token ids.
+        mean_reference: optional ``[n, pos]`` counterfactual prompts (same template) whose mean
+            is used by mean ablation; default `counterfactual` (with one prompt, mean = resample).
+    """
+
+    name: str
+    tokens: torch.Tensor
+    counterfactual: torch.Tensor
+    answer: torch.Tensor
+    wrong: torch.Tensor
+    mean_reference: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.tokens.ndim != 2 or self.tokens.shape != self.counterfactual.shape:
+            raise ValueError(f"tokens and counterfactual must be aligned [batch, pos]: "
+                             f"{tuple(self.tokens.shape)} vs {tuple(self.counterfactual.shape)}")
+        if self.answer.shape != (self.tokens.shape[0],) or self.wrong.shape != self.answer.shape:
+            raise ValueError("answer and wrong need one token id per prompt")
+        if self.mean_reference is not None and self.mean_reference.shape[1] != self.tokens.shape[1]:
+            raise ValueError("mean_reference prompts must have the same length as the prompts (same template)")
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def metric(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-prompt logit difference at the final position (works on stacked copies of the batch)."""
+        reps = logits.shape[0] // len(self)
+        b = torch.arange(logits.shape[0])
+        last = logits[b, -1]
+        return last[b, self.answer.repeat(reps)] - last[b, self.wrong.repeat(reps)]
+
+
+def ioi_task(ds, mean_ds=None) -> Task:
+    """IOI (notebook 03): answer = IO, wrong = S, counterfactual = the ABC prompts; mean ablation
+    uses the ABC prompts of `mean_ds` (a larger dataset of the same template) if given."""
+    return Task("IOI", ds.tokens, ds.abc_tokens, ds.io, ds.s, None if mean_ds is None else mean_ds.abc_tokens)
+
+
+def successor_task(prompts, mean_prompts=None) -> Task:
+    """Successors (notebook 04): answer = the next item, wrong = the last item again (copying),
+    counterfactual = the same category's items in an order with no succession; mean ablation uses
+    the corrupted prompts of `mean_prompts` if given."""
+    return Task("successor", prompts.tokens, prompts.corrupt, prompts.target, prompts.tokens[:, -2].clone(),
+                None if mean_prompts is None else mean_prompts.corrupt)
+
+
+def subset_successor(prompts, categories: Sequence[str], otok):
+    """The successor prompts whose category is in `categories` (by name), same class."""
+    keep = [i for i, c in enumerate(prompts.category.tolist()) if otok.category_names[c] in categories]
+    if not keep:
+        raise ValueError(f"no prompt in categories {list(categories)}; have {otok.category_names}")
+    t = torch.tensor(keep)
+    return type(prompts)(prompts.tokens[t], prompts.corrupt[t], prompts.target[t], prompts.target_index[t],
+                         prompts.category[t], [prompts.text[i] for i in keep])
+
+
+def task_values(model, task: Task, kind: Kind) -> dict[int, torch.Tensor]:
+    """Replacement values for every head on `task` (hook_z shaped): zero, the counterfactual
+    mean per position (over `task.mean_reference` if set), or the counterfactual prompt itself
+    (resample, aligned)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown ablation kind {kind!r}; use one of {KINDS}")
+    ref = task.mean_reference if (kind == "mean" and task.mean_reference is not None) else task.counterfactual
+    return ablation_values(model, task.tokens, kind, reference_tokens=ref)
+
+
+def all_heads(model) -> list[Head]:
+    """Every (layer, head) of `model`."""
+    return [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+
+
+def _as_groups(heads) -> list[list[Head]]:
+    groups = []
+    for g in heads:
+        if isinstance(g[0], (int, np.integer)):
+            groups.append([(int(g[0]), int(g[1]))])
+        else:
+            groups.append([(int(l), int(h)) for l, h in g])
+    return groups
+
+
+def resample_head(z: torch.Tensor, head: int, perm: torch.Tensor) -> torch.Tensor:
+    """Resample ablation of one head: prompt i gets head `head`'s output from prompt ``perm[i]``.
+
+    Args:
+        z: ``[batch, pos, head, d_head]`` head outputs; perm: ``[batch]`` source prompt per prompt.
+    Returns a new tensor; the other heads are untouched.
+    """
+    out = z.clone()
+    out[:, :, head] = z[perm][:, :, head]
+    return out
+
+
+def control_kl(clean_logits: torch.Tensor, ablated_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over every prompt and position of KL(clean || ablated) in nats (a 0-d tensor)."""
+    return kl_div(clean_logits, ablated_logits).mean()
+
+
+def split_total_effect(ld_clean: float, ld_ablated: float, dla_clean: torch.Tensor, dla_ablated: torch.Tensor,
+                       head: tuple[int, int]) -> torch.Tensor:
+    """[total, direct, compensation] for one ablated head: total = clean - ablated logit difference,
+    direct = the fall of the head's own DLA term, compensation = direct - total."""
+    total = float(ld_clean) - float(ld_ablated)
+    direct = float(dla_clean[head] - dla_ablated[head])
+    return torch.tensor([total, direct, direct - total])
+
+
+# --------------------------------------------------------------------------------------
+# Sweeps: task effect, task KL and task entropy for many ablations at once
+# --------------------------------------------------------------------------------------
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits) over the last axis."""
+    lp = logits.float().log_softmax(-1)
+    return -(lp.exp() * lp).sum(-1)
+
+
+def kl_div(clean_logits: torch.Tensor, other_logits: torch.Tensor) -> torch.Tensor:
+    """KL(clean || other) in nats over the last axis (the clean model is the reference)."""
+    p = clean_logits.float().log_softmax(-1)
+    q = other_logits.float().log_softmax(-1)
+    return (p.exp() * (p - q)).sum(-1)
+
+
+@dataclass
+class Sweep:
+    """One ablation per entry of `groups` (a head, or several heads at once).
+
+    `drop` = clean metric - ablated metric (positive: the behaviour needed it); `kl` and
+    `entropy_change` at the task's final position (mean over prompts).
+    """
+
+    groups: list[list[Head]]
+    clean: float
+    drop: torch.Tensor
+    kl: torch.Tensor
+    entropy_change: torch.Tensor
+
+    def table(self, n_layers: int, n_heads: int, what: str = "drop") -> torch.Tensor:
+        """Single-head results as [n_layers, n_heads] (NaN where not measured)."""
+        out = torch.full((n_layers, n_heads), float("nan"))
+        for g, v in zip(self.groups, getattr(self, what)):
+            if len(g) == 1:
+                out[g[0]] = v
+        return out
+
+
+@torch.no_grad()
+def sweep(model, tokens: torch.Tensor, values: dict[int, torch.Tensor], metric: Callable, heads=None,
+          max_rows: int = 96) -> Sweep:
+    """Replace each head (or group of heads) in `heads` by `values`, one copy each, batched.
+
+    Args:
+        values: {layer: [batch, pos, head, d_head]} (e.g. `task_values`, or `head_outputs` of a
+            source run for activation patching).
+        heads: a list of (layer, head) or of lists of them; default every head.
+        max_rows: rows per forward pass (memory: keep it small on a 2 GB machine).
+    """
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, pos], got {tuple(tokens.shape)}")
+    groups = _as_groups(all_heads(model) if heads is None else heads)
+    if not groups:
+        raise ValueError("no heads to ablate")
+    batch = tokens.shape[0]
+    per = max(1, max_rows // batch - 1)
+    drops, kls, ents, clean = [], [], [], None
+    for i in range(0, len(groups), per):
+        chunk = groups[i:i + per]
+        logits, _ = run_copies(model, tokens, [[Patch(l, h, values[l]) for l, h in g] for g in chunk])
+        last = logits[:, :, -1]  # [1 + n, batch, vocab]
+        m = torch.stack([metric(x).float().mean() for x in logits])
+        clean = float(m[0])
+        drops.append(m[0] - m[1:])
+        kls.append(kl_div(last[:1], last[1:]).mean(-1))
+        e = entropy(last).mean(-1)
+        ents.append(e[1:] - e[0])
+    return Sweep(groups, clean, torch.cat(drops), torch.cat(kls), torch.cat(ents))
+
+
+def task_sweeps(model, task: Task, kinds: Sequence[str] = KINDS, max_rows: int = 96) -> dict[str, Sweep]:
+    """Every head ablated with each kind on `task`: {kind: Sweep}. Resample = noising."""
+    return {k: sweep(model, task.tokens, task_values(model, task, k), task.metric, max_rows=max_rows) for k in kinds}
+
+
+# --------------------------------------------------------------------------------------
+# Damage on control text
+# --------------------------------------------------------------------------------------
+
+
+def control_tokens(model, text: str = CONTROL_TEXT, rows: int = 2, length: int = 24) -> torch.Tensor:
+    """`rows` different segments of `text`, each BOS + (`length` - 1) tokens: ``[rows, length]``.
+
+    Two rows let resample ablation on control text take a head's value from the OTHER segment.
+    """
+    ids = model.to_tokens(text, prepend_bos=False)[0]
+    need = rows * (length - 1)
+    if len(ids) < need:
+        raise ValueError(f"control text has {len(ids)} tokens; {rows} rows of {length} need {need}")
+    bos = model.to_tokens("", prepend_bos=True)[0, :1]
+    return torch.stack([torch.cat([bos, ids[r * (length - 1):(r + 1) * (length - 1)]]) for r in range(rows)])
+
+
+def control_values(model, ctrl: torch.Tensor, kind: Kind) -> dict[int, torch.Tensor]:
+    """Replacement values on control text: zeros; the mean over all rows and positions; or the
+    value of the next row (resample from another sentence)."""
+    if ctrl.shape[0] < 2 and kind == "resample":
+        raise ValueError("resample on control text needs at least 2 rows")
+    z = head_outputs(model, ctrl)
+    if kind == "zero":
+        return {l: torch.zeros_like(v) for l, v in z.items()}
+    if kind == "mean":
+        return {l: v.mean((0, 1), keepdim=True).expand_as(v).clone() for l, v in z.items()}
+    if kind == "resample":
+        return {l: v.roll(1, 0) for l, v in z.items()}
+    raise ValueError(f"unknown ablation kind {kind!r}; use one of {KINDS}")
+
+
+@dataclass
+class Damage:
+    """Off-task damage of each ablation: KL from the clean model and entropy change, averaged over
+    every position of the control text."""
+
+    groups: list[list[Head]]
+    kl: torch.Tensor
+    entropy_change: torch.Tensor
+
+
+@torch.no_grad()
+def control_damage(model, ctrl: torch.Tensor, kind: Kind, heads=None, max_rows: int = 16) -> Damage:
+    """KL(clean || ablated) and entropy change on control text, per head (or group) in `heads`."""
+    groups = _as_groups(all_heads(model) if heads is None else heads)
+    values = control_values(model, ctrl, kind)
+    batch = ctrl.shape[0]
+    per = max(1, max_rows // batch - 1)
+    kls, ents = [], []
+    for i in range(0, len(groups), per):
+        chunk = groups[i:i + per]
+        logits, _ = run_copies(model, ctrl, [[Patch(l, h, values[l]) for l, h in g] for g in chunk], last_only=False)
+        kls.append(kl_div(logits[:1], logits[1:]).mean((1, 2)))
+        e = entropy(logits).mean((1, 2))
+        ents.append(e[1:] - e[0])
+        del logits
+    return Damage(groups, torch.cat(kls), torch.cat(ents))
+
+
+def damage_flags(task_drop: torch.Tensor, task_kl: torch.Tensor, control_kl: torch.Tensor, k: int = 10) -> list[int]:
+    """Indices among the top-`k` task effects whose ablation changes the unrelated control text at
+    least as much as it changes the task's answer distribution (control KL >= task KL): damage,
+    not a task-specific mechanism."""
+    top = torch.argsort(task_drop, descending=True)[:k].tolist()
+    return [i for i in top if float(control_kl[i]) >= float(task_kl[i])]
+
+
+# --------------------------------------------------------------------------------------
+# Comparing ablation methods
+# --------------------------------------------------------------------------------------
+
+
+def ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of each entry (1 = largest), same shape."""
+    flat = scores.flatten()
+    order = torch.argsort(flat, descending=True, stable=True)
+    r = torch.empty_like(order)
+    r[order] = torch.arange(1, flat.numel() + 1)
+    return r.reshape(scores.shape)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two score tables."""
+    ra, rb = ranks(a).flatten().double(), ranks(b).flatten().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def correlation_table(scores: dict[str, torch.Tensor]):
+    """Spearman correlations between every pair of score tables (a pandas DataFrame)."""
+    import pandas as pd
+
+    names = list(scores)
+    return pd.DataFrame([[spearman(scores[a], scores[b]) for b in names] for a in names], index=names, columns=names)
+
+
+def verdict_flips(scores: dict[str, torch.Tensor], top: int = 10, low: int = 40) -> list[dict]:
+    """Heads in one method's top `top` that another method ranks below `low`: the verdict flips."""
+    rk = {m: ranks(s) for m, s in scores.items()}
+    H = next(iter(scores.values())).shape[1]
+    rows = []
+    for i in range(next(iter(scores.values())).numel()):
+        r = {m: int(v.flatten()[i]) for m, v in rk.items()}
+        if min(r.values()) <= top and max(r.values()) > low:
+            rows.append({"head": circuits.head_label((i // H, i % H)), **{f"{m} rank": v for m, v in r.items()}})
+    return sorted(rows, key=lambda d: min(v for k, v in d.items() if k != "head"))
+
+
+def top_heads(scores: torch.Tensor, k: int) -> list[Head]:
+    """The k heads with the largest scores."""
+    H = scores.shape[1]
+    flat = torch.nan_to_num(scores.flatten(), nan=-float("inf"))
+    return [(int(i) // H, int(i) % H) for i in flat.topk(min(k, flat.numel())).indices]
+
+
+# --------------------------------------------------------------------------------------
+# Self-repair: total effect = direct effect - compensation
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SelfRepair:
+    """Ablating `heads`: total effect on the logit difference, split exactly into the change of
+    the ablated heads' own direct terms (direct) minus the rise of every other term (compensation).
+
+    ``total = direct - compensation``; `by_part` maps each other component ("L12H3", "MLP 20",
+    "embed/bias") to its rise in direct logit attribution.
+    """
+
+    heads: list[Head]
+    ld_clean: float
+    ld_ablated: float
+    direct: float
+    by_part: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.ld_clean - self.ld_ablated
+
+    @property
+    def compensation(self) -> float:
+        return self.direct - self.total
+
+    @property
+    def repaired(self) -> float:
+        """Share of the direct effect that the rest of the network made up (0 = none, 1 = all)."""
+        return self.compensation / self.direct if abs(self.direct) > 1e-9 else float("nan")
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        """The k components whose direct contribution rose most."""
+        return sorted(self.by_part.items(), key=lambda kv: -kv[1])[:k]
+
+
+def self_repair(model, task: Task, heads: Sequence[Head], values: dict[int, torch.Tensor],
+                dla_clean: circuits.DLA | None = None) -> SelfRepair:
+    """Ablate `heads` (replace by `values`) and split the total effect with direct logit attribution.
+
+    Both runs are attributed with `circuits.direct_logit_attribution` (each with its own final-norm
+    scale), so every term is exact and the parts add up to each run's logit difference.
+    """
+    heads = [(int(l), int(h)) for l, h in heads]
+    if not heads:
+        raise ValueError("give at least one head to ablate")
+    c = dla_clean or circuits.direct_logit_attribution(model, task.tokens, task.answer, task.wrong)
+    a = circuits.direct_logit_attribution(model, task.tokens, task.answer, task.wrong,
+                                          fwd_hooks=heads_replaced_hooks(heads, values))
+    direct = float(sum(c.heads[h] - a.heads[h] for h in heads))
+    parts: dict[str, float] = {}
+    rise = a.heads - c.heads
+    for l in range(rise.shape[0]):
+        for h in range(rise.shape[1]):
+            if (l, h) not in heads:
+                parts[circuits.head_label((l, h))] = float(rise[l, h])
+        parts[f"MLP {l}"] = float(a.mlp[l] - c.mlp[l])
+        attn_bias = float((a.attn[l] - a.heads[l].sum()) - (c.attn[l] - c.heads[l].sum()))
+        if abs(attn_bias) > 0:
+            parts[f"attn bias {l}"] = attn_bias
+    parts["embed/bias"] = a.rest - c.rest
+    return SelfRepair(heads, c.logit_diff, a.logit_diff, direct, parts)
+
+
+# --------------------------------------------------------------------------------------
+# OR-like backups: pairs that matter together but not alone
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pairs:
+    """Single and pairwise ablation drops over `heads`; interaction = pair - single a - single b.
+
+    A large positive interaction is OR-like: either head suffices, so each alone looks unimportant.
+    """
+
+    heads: list[Head]
+    single: torch.Tensor
+    pair: torch.Tensor
+
+    @property
+    def interaction(self) -> torch.Tensor:
+        it = self.pair - self.single[:, None] - self.single[None, :]
+        return it.fill_diagonal_(float("nan"))
+
+    def strongest(self, k: int = 3) -> list[tuple[Head, Head, float]]:
+        """The k pairs with the largest positive interaction."""
+        it = torch.nan_to_num(torch.triu(self.interaction, 1), nan=-float("inf"))
+        it[torch.tril(torch.ones_like(it, dtype=torch.bool))] = -float("inf")
+        n = len(self.heads)
+        idx = it.flatten().topk(min(k, n * (n - 1) // 2)).indices
+        return [(self.heads[int(i) // n], self.heads[int(i) % n], float(it.flatten()[i])) for i in idx]
+
+
+def pair_interactions(model, task: Task, heads: Sequence[Head], values: dict[int, torch.Tensor],
+                      max_rows: int = 96) -> Pairs:
+    """Ablate every head of `heads` alone and every pair together (one batched sweep)."""
+    heads = [(int(l), int(h)) for l, h in heads]
+    if len(heads) < 2:
+        raise ValueError("need at least two heads to test pairs")
+    pairs = [(i, j) for i in range(len(heads)) for j in range(i + 1, len(heads))]
+    res = sweep(model, task.tokens, values, task.metric, [[h] for h in heads] + [[heads[i], heads[j]] for i, j in pairs],
+                max_rows=max_rows)
+    n = len(heads)
+    single = res.drop[:n]
+    pair = torch.full((n, n), float("nan"))
+    for (i, j), v in zip(pairs, res.drop[n:]):
+        pair[i, j] = pair[j, i] = v
+    return Pairs(heads, single, pair)
+
+
+# --------------------------------------------------------------------------------------
+# Noising vs denoising
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class NoiseDenoise:
+    """Per head, as a share of (clean - corrupted): `necessity` = drop when its output on the
+    clean run comes from the counterfactual (noising); `sufficiency` = gain when its clean output
+    is put into the counterfactual run (denoising)."""
+
+    heads: list[Head]
+    necessity: torch.Tensor
+    sufficiency: torch.Tensor
+    clean: float
+    corrupt: float
+
+
+def noising_denoising(model, task: Task, heads: Sequence[Head], max_rows: int = 96) -> NoiseDenoise:
+    """Activation patching both ways for the same heads."""
+    heads = [(int(l), int(h)) for l, h in heads]
+    z_clean, z_cf = head_outputs(model, task.tokens), head_outputs(model, task.counterfactual)
+    noise = sweep(model, task.tokens, z_cf, task.metric, heads, max_rows)
+    denoise = sweep(model, task.counterfactual, z_clean, task.metric, heads, max_rows)
+    gap = noise.clean - denoise.clean
+    if abs(gap) < 1e-6:
+        raise ValueError("clean and counterfactual give the same metric: nothing to patch")
+    return NoiseDenoise(heads, noise.drop / gap, -denoise.drop / gap, noise.clean, denoise.clean)
+
+
+# --------------------------------------------------------------------------------------
+# Observational methods (the network is left as it is)
+# --------------------------------------------------------------------------------------
+
+
+def _norm_readout(model, x: torch.Tensor) -> torch.Tensor:
+    """Apply the final norm (RMSNorm or LayerNorm, as in `circuits`) to residual vectors ``[..., d]``."""
+    w, b, eps, centred = circuits._final_norm(model)
+    if centred:
+        x = x - x.mean(-1, keepdim=True)
+    x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w
+    return x + b if b is not None else x
+
+
+@torch.no_grad()
+def logit_lens(model, resid: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """Logit difference answer - wrong read early from the final-position residual stream after each
+    layer (final norm + unembedding applied early): ``[n_layers + 1]`` (index 0 = embeddings).
+
+    `resid` comes from `final_residuals`; the last entry equals the model's logit difference.
+    """
+    if resid.ndim != 3 or resid.shape[1] != answer.shape[0]:
+        raise ValueError("resid must be [n_layers + 1, batch, d_model] with one answer per prompt")
+    x = _norm_readout(model, resid)  # [n+1, batch, d]
+    direction = (model.W_U[:, answer] - model.W_U[:, wrong]).T  # [batch, d]
+    ld = (x * direction).sum(-1)
+    b_U = getattr(model, "b_U", None)
+    if b_U is not None:
+        ld = ld + (b_U[answer] - b_U[wrong])
+    return ld.mean(1)
+
+
+def covariation(per_prompt: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation, across prompts, of each head's per-prompt score with `target`.
+
+    Args:
+        per_prompt: ``[batch, n_layers, n_heads]`` (e.g. each head's direct logit attribution).
+        target: ``[batch]`` (e.g. the model's logit difference).
+    """
+    if per_prompt.shape[0] != target.shape[0] or per_prompt.shape[0] < 3:
+        raise ValueError("need the same number (>= 3) of prompts in per_prompt and target")
+    x = per_prompt.double() - per_prompt.double().mean(0)
+    y = target.double() - target.double().mean()
+    num = (x * y[:, None, None]).sum(0)
+    den = x.pow(2).sum(0).sqrt() * y.pow(2).sum().sqrt()
+    return (num / den.clamp_min(1e-12)).float()
+
+
+@torch.no_grad()
+def final_residuals(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Residual stream at the final position after each layer: ``[n_layers + 1, batch, d_model]``."""
+    n = model.cfg.n_layers
+    names = {"blocks.0.hook_resid_pre"} | {f"blocks.{l}.hook_resid_post" for l in range(n)}
+    _, cache = model.run_with_cache(tokens, names_filter=lambda s: s in names)
+    return torch.stack([cache["blocks.0.hook_resid_pre"][:, -1]] + [cache[f"blocks.{l}.hook_resid_post"][:, -1] for l in range(n)])
+
+
+def probe_layers(resid: torch.Tensor, labels: torch.Tensor, folds: int = 4, alpha: float = 10.0, seed: int = 0) -> torch.Tensor:
+    """Cross-validated accuracy of a linear probe (standardised inputs, ridge classifier) per layer.
+
+    Args:
+        resid: ``[n_layers + 1, batch, d]`` (see `final_residuals`).
+        labels: ``[batch]`` binary labels.
+    """
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = labels.numpy()
+    if len(np.unique(y)) != 2:
+        raise ValueError("the probe needs two classes in labels")
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    acc = []
+    for layer in resid:
+        clf = make_pipeline(StandardScaler(), RidgeClassifier(alpha=alpha))
+        acc.append(cross_val_score(clf, layer.double().numpy(), y, cv=cv).mean())
+    return torch.tensor(acc)
+
+
+# --------------------------------------------------------------------------------------
+# A causal-scrubbing-style test
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scrub:
+    """Behaviour kept when every head OUTSIDE the hypothesis is resampled from another prompt.
+
+    `kept` = scrubbed / clean logit difference; `random_kept` = the same with random head sets of
+    equal size kept instead (a baseline); `none_kept` = every head resampled.
+    """
+
+    n_heads: int
+    clean: float
+    scrubbed: float
+    random_kept: list[float]
+    none_kept: float
+
+    @property
+    def kept(self) -> float:
+        return self.scrubbed / self.clean
+
+
+def derangement(n: int, seed: int = 0) -> torch.Tensor:
+    """A random permutation with no fixed point (every prompt takes values from ANOTHER prompt)."""
+    if n < 2:
+        raise ValueError("need at least 2 prompts to resample from another one")
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        p = torch.randperm(n, generator=g)
+        if not (p == torch.arange(n)).any():
+            return p
+
+
+@torch.no_grad()
+def scrub(model, task: Task, keep: Sequence[Head], n_random: int = 3, seed: int = 0) -> Scrub:
+    """Hypothesis: only `keep` matters. Resample every other head from another prompt of the task
+    (a random derangement of the prompts, i.e. other names, other order) and measure what is left."""
+    keep = {(int(l), int(h)) for l, h in keep}
+    heads = all_heads(model)
+    z = head_outputs(model, task.tokens)
+    perm = derangement(len(task), seed)
+    other = {l: v[perm] for l, v in z.items()}
+
+    def ld(replaced):
+        with model.hooks(fwd_hooks=heads_replaced_hooks(replaced, other)):
+            return float(task.metric(model(task.tokens)).mean())
+
+    clean = float(task.metric(model(task.tokens)).mean())
+    scrubbed = ld([h for h in heads if h not in keep])
+    rng = np.random.default_rng(seed)
+    rand = []
+    for _ in range(n_random):
+        pick = {heads[i] for i in rng.choice(len(heads), len(keep), replace=False)}
+        rand.append(ld([h for h in heads if h not in pick]))
+    return Scrub(len(keep), clean, scrubbed, rand, ld(heads))
+
+
+# --------------------------------------------------------------------------------------
+# The ablation lab
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabResult:
+    """One ablation experiment: task effect, damage, entropy and compensation."""
+
+    task: str
+    heads: list[Head]
+    kind: str
+    repair: SelfRepair
+    task_kl: float
+    task_entropy_change: float
+    control_kl: float
+    control_entropy_change: float
+
+
+class Lab:
+    """Everything the ablation lab needs, precomputed, so one experiment costs ~3 small forward passes."""
+
+    def __init__(self, model, tasks: dict[str, Task], ctrl: torch.Tensor):
+        self.model, self.tasks, self.ctrl = model, tasks, ctrl
+        self._values = {}
+        self._dla = {}
+        self._ctrl_values = {}
+        self._cache: dict = {}
+        with torch.no_grad():
+            self._ctrl_logits = model(ctrl)
+
+    def values(self, task: str, kind: str):
+        if (task, kind) not in self._values:
+            self._values[task, kind] = task_values(self.model, self.tasks[task], kind)
+        return self._values[task, kind]
+
+    def run(self, task: str, heads: Sequence[Head], kind: str) -> LabResult:
+        """Ablate `heads` on `task` with `kind`; measure everything (cached)."""
+        if task not in self.tasks:
+            raise ValueError(f"unknown task {task!r}; choose from {list(self.tasks)}")
+        heads = sorted({(int(l), int(h)) for l, h in heads})
+        key = (task, tuple(heads), kind)
+        if key in self._cache:
+            return self._cache[key]
+        t = self.tasks[task]
+        if task not in self._dla:
+            self._dla[task] = circuits.direct_logit_attribution(self.model, t.tokens, t.answer, t.wrong)
+        vals = self.values(task, kind)
+        rep = self_repair(self.model, t, heads, vals, self._dla[task])
+        with torch.no_grad():
+            clean_last = self.model(t.tokens)[:, -1]
+            with self.model.hooks(fwd_hooks=heads_replaced_hooks(heads, vals)):
+                abl_last = self.model(t.tokens)[:, -1]
+            if kind not in self._ctrl_values:
+                self._ctrl_values[kind] = control_values(self.model, self.ctrl, kind)
+            with self.model.hooks(fwd_hooks=heads_replaced_hooks(heads, self._ctrl_values[kind])):
+                ctrl_abl = self.model(self.ctrl)
+        res = LabResult(task, heads, kind, rep,
+                        float(kl_div(clean_last, abl_last).mean()),
+                        float((entropy(abl_last) - entropy(clean_last)).mean()),
+                        float(kl_div(self._ctrl_logits, ctrl_abl).mean()),
+                        float((entropy(ctrl_abl) - entropy(self._ctrl_logits)).mean()))
+        self._cache[key] = res
+        return res
+
+
+def parse_heads(text: str, n_layers: int, n_heads: int) -> list[Head]:
+    """'L20H1, L25H4' or '20.1 25.4' -> [(20, 1), (25, 4)]; a clear error otherwise."""
+    import re
+
+    found = re.findall(r"L?(\d+)\s*[H.]\s*(\d+)", text or "")
+    if not found:
+        raise ValueError(f"could not read any head from {text!r}: write e.g. 'L20H1' or 'L20H1, L25H4'")
+    heads = [(int(l), int(h)) for l, h in found]
+    bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
+    if bad:
+        raise ValueError(f"no such head {bad}: layers 0..{n_layers - 1}, heads 0..{n_heads - 1}")
+    return heads
+
+
+# --------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------
+
+
+def _done(fig):
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def _show(fig):
+    """Close and return `fig` (it is then displayed once, by the notebook's rich display)."""
+    return _done(fig)
+
+
+def plot_effect_maps(tables: dict[str, torch.Tensor], title: str = ""):
+    """One layer x head map per ablation method (drop in logit difference)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(3.2 * len(tables), 5.2), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, (name, t) in zip(axes, tables.items()):
+        v = float(torch.nan_to_num(t).abs().max()) or 1.0
+        im = ax.imshow(t.numpy(), aspect="auto", cmap="RdBu_r", vmin=-v, vmax=v, origin="lower")
+        ax.set_title(name)
+        ax.set_xlabel("head")
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    axes[0].set_ylabel("layer")
+    fig.suptitle(title)
+    return _show(fig)
+
+
+def plot_damage(points: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]], flagged: dict[str, list[int]] | None = None,
+                title: str = ""):
+    """Task effect (y) against KL on control text (x, log scale), one colour per ablation method.
+
+    `points`: {method: (control_kl [n], task_drop [n], labels [n])}; `flagged` marks indices.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    colours = {"zero": "#d62728", "mean": "#1f77b4", "resample": "#2ca02c"}
+    for m, (kl, drop, labels) in points.items():
+        ax.scatter(kl.clamp_min(1e-6).numpy(), drop.numpy(), s=22, alpha=0.75, label=m, color=colours.get(m))
+        for i in (flagged or {}).get(m, []):
+            ax.annotate(labels[i], (max(float(kl[i]), 1e-6), float(drop[i])), fontsize=7, color=colours.get(m))
+            ax.scatter([max(float(kl[i]), 1e-6)], [float(drop[i])], s=80, facecolors="none", edgecolors="k")
+    ax.set_xscale("log")
+    ax.set_xlabel("damage: KL(clean || ablated) on control text (nats, log scale)")
+    ax.set_ylabel("task effect: drop in logit difference")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend(title="ablation")
+    ax.set_title(title)
+    return _show(fig)
+
+
+def plot_self_repair(rep: SelfRepair, k: int = 6, title: str = "", ax=None):
+    """Bars: direct effect, compensation, total effect; then the top compensating components."""
+    import matplotlib.pyplot as plt
+
+    own = ax is None
+    fig, ax = plt.subplots(figsize=(7.5, 3.6)) if own else (ax.figure, ax)
+    top = rep.top(k)
+    names = ["direct", "compensation", "total"] + [n for n, _ in top]
+    vals = [rep.direct, rep.compensation, rep.total] + [v for _, v in top]
+    cols = ["#1f77b4", "#2ca02c", "#d62728"] + ["#98df8a"] * len(top)
+    ax.bar(range(len(vals)), vals, color=cols)
+    ax.set_xticks(range(len(vals)), names, rotation=40, ha="right", fontsize=8)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.axvline(2.5, color="grey", lw=0.5, ls=":")
+    ax.set_ylabel("logit difference")
+    ax.set_title(title or f"ablating {', '.join(circuits.head_label(h) for h in rep.heads)}: "
+                 f"{rep.repaired:.0%} of the direct effect repaired")
+    return _show(fig) if own else fig
+
+
+def plot_noise_denoise(nd: NoiseDenoise, title: str = ""):
+    """Necessity (noising) against sufficiency (denoising), one dot per head."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    x, y = nd.necessity.numpy(), nd.sufficiency.numpy()
+    ax.scatter(x, y, s=24)
+    lim = [min(x.min(), y.min(), 0) - 0.02, max(x.max(), y.max()) + 0.02]
+    ax.plot(lim, lim, color="grey", lw=0.6, ls="--")
+    gap = np.abs(x - y)
+    for i in np.argsort(-gap)[:6]:
+        ax.annotate(circuits.head_label(nd.heads[i]), (x[i], y[i]), fontsize=7)
+    ax.set_xlabel("necessity: noising drop / (clean - corrupt)")
+    ax.set_ylabel("sufficiency: denoising gain / (clean - corrupt)")
+    ax.set_title(title)
+    return _show(fig)
+
+
+def plot_lens_probe(lens: dict[str, torch.Tensor], probe: torch.Tensor | None = None, ablation_by_layer: dict[str, torch.Tensor] | None = None,
+                    title: str = ""):
+    """Logit lens per layer (left axis), probe accuracy and per-layer ablation effect (right panel)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, v in lens.items():
+        axes[0].plot(range(len(v)), v.numpy(), marker=".", label=name)
+    axes[0].axhline(0, color="grey", lw=0.5)
+    axes[0].set_xlabel("layer (0 = embeddings)")
+    axes[0].set_ylabel("logit difference read early")
+    axes[0].set_title("logit lens")
+    axes[0].legend(fontsize=8)
+    if probe is not None:
+        axes[1].plot(range(len(probe)), probe.numpy(), marker=".", color="k", label="probe accuracy (IOI: IO first?)")
+    for name, v in (ablation_by_layer or {}).items():
+        axes[1].plot(np.arange(len(v)) + 1, (v / v.abs().max().clamp_min(1e-9)).numpy(), alpha=0.7, label=f"{name} (scaled)")
+    axes[1].set_xlabel("layer")
+    axes[1].set_title("where the information is / where removing it hurts")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title)
+    return _show(fig)
+
+
+def plot_lab(lab: Lab, task: str, heads: str, kind: str):
+    """The ablation lab view: task effect, damage on control text, entropy changes, compensation."""
+    import matplotlib.pyplot as plt
+
+    hs = parse_heads(heads, lab.model.cfg.n_layers, lab.model.cfg.n_heads)
+    r = lab.run(task, hs, kind)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), gridspec_kw={"width_ratios": [1.1, 1.1, 2.2]})
+    rep = r.repair
+    axes[0].bar(["clean", "ablated"], [rep.ld_clean, rep.ld_ablated], color=["#7f7f7f", "#d62728"])
+    axes[0].set_title(f"{task}: logit difference\n(total effect {rep.total:+.2f})", fontsize=9)
+    axes[1].bar(["KL task", "KL control", "ΔH task", "ΔH control"],
+                [r.task_kl, r.control_kl, r.task_entropy_change, r.control_entropy_change],
+                color=["#9467bd", "#ff7f0e", "#9467bd", "#ff7f0e"])
+    axes[1].tick_params(axis="x", rotation=35, labelsize=8)
+    axes[1].axhline(0, color="k", lw=0.5)
+    axes[1].set_title("damage (nats)", fontsize=9)
+    plot_self_repair(rep, k=5, ax=axes[2], title=f"{kind} ablation of {', '.join(circuits.head_label(h) for h in hs)}: "
+                     f"compensation {rep.compensation:+.2f}")
+    axes[2].title.set_fontsize(9)
+    return _done(fig)
+
+
+# --------------------------------------------------------------------------------------
+# The verdict table
+# --------------------------------------------------------------------------------------
+
+
+def verdict_table(rows: Sequence[dict]):
+    """A pandas DataFrame with columns method, assumes, measured here, missed, forward passes."""
+    import pandas as pd
+
+    cols = ["method", "assumes", "measured here", "missed", "forward passes"]
+    for r in rows:
+        missing = [c for c in cols if c not in r]
+        if missing:
+            raise ValueError(f"verdict row {r.get('method', '?')!r} lacks {missing}")
+    return pd.DataFrame(list(rows), columns=cols).set_index("method")
+
+
+__all__ = [
+    "CONTROL_TEXT", "KINDS", "Task", "ioi_task", "successor_task", "task_values", "all_heads", "entropy", "kl_div",
+    "Sweep", "sweep", "task_sweeps", "control_tokens", "control_values", "Damage", "control_damage", "damage_flags",
+    "resample_head", "control_kl", "split_total_effect", "ranks", "spearman", "correlation_table", "verdict_flips", "top_heads", "SelfRepair", "self_repair", "Pairs",
+    "pair_interactions", "NoiseDenoise", "noising_denoising", "logit_lens", "subset_successor", "covariation", "final_residuals",
+    "probe_layers", "Scrub", "derangement", "scrub", "LabResult", "Lab", "parse_heads", "plot_effect_maps",
+    "plot_damage", "plot_self_repair", "plot_noise_denoise", "plot_lens_probe", "plot_lab", "verdict_table",
+]

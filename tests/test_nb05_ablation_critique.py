@@ -1,0 +1,259 @@
+"""Tests of mi_tutor.ablation (notebook 05) on tiny toy models, plus a few on SmolLM2."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mi_tutor import ablation as A
+from mi_tutor import circuits
+from mi_tutor.interventions import head_outputs, heads_replaced_hooks
+from mi_tutor.models import ToyConfig, attn_only_model, build_toy
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A tiny untrained transformer WITH MLPs and LayerNorm (what DLA and self-repair need)."""
+    return build_toy(ToyConfig(d_model=32, d_head=8, n_layers=2, n_ctx=16, n_heads=4, d_vocab=40, d_mlp=64,
+                               normalization_type="LN", seed=1))
+
+
+@pytest.fixture(scope="module")
+def attn_toy():
+    return attn_only_model(n_layers=2, d_model=32, n_heads=4, d_vocab=40, n_ctx=16, seed=2)
+
+
+@pytest.fixture(scope="module")
+def task(toy):
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, 40, (3, 6), generator=g)
+    cf = torch.randint(1, 40, (3, 6), generator=g)
+    return A.Task("toy", tokens, cf, torch.tensor([3, 5, 7]), torch.tensor([4, 6, 8]))
+
+
+@torch.no_grad()
+def _metric_with(model, task, heads, values):
+    with model.hooks(fwd_hooks=heads_replaced_hooks(heads, values)):
+        return float(task.metric(model(task.tokens)).mean())
+
+
+@torch.no_grad()
+def _clean(model, task):
+    return float(task.metric(model(task.tokens)).mean())
+
+
+def test_task_rejects_misaligned_inputs():
+    with pytest.raises(ValueError, match="aligned"):
+        A.Task("x", torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long), torch.zeros(2), torch.zeros(2))
+    with pytest.raises(ValueError, match="one token id per prompt"):
+        A.Task("x", torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long), torch.zeros(3), torch.zeros(3))
+
+
+@pytest.mark.parametrize("kind", A.KINDS)
+def test_sweep_equals_one_head_at_a_time(toy, task, kind):
+    values = A.task_values(toy, task, kind)
+    res = A.sweep(toy, task.tokens, values, task.metric, max_rows=8)  # small chunks: several forward passes
+    clean = _clean(toy, task)
+    assert res.clean == pytest.approx(clean, abs=1e-5)
+    table = res.table(2, 4)
+    for l, h in [(0, 0), (0, 3), (1, 2)]:
+        want = clean - _metric_with(toy, task, [(l, h)], values)
+        assert float(table[l, h]) == pytest.approx(want, abs=1e-4)
+    assert (res.kl >= -1e-6).all() and res.kl.max() > 0
+
+
+def test_sweep_of_a_group_replaces_all_its_heads(toy, task):
+    values = A.task_values(toy, task, "zero")
+    res = A.sweep(toy, task.tokens, values, task.metric, heads=[[(0, 1), (1, 3)]])
+    clean = _clean(toy, task)
+    assert float(res.drop[0]) == pytest.approx(clean - _metric_with(toy, task, [(0, 1), (1, 3)], values), abs=1e-4)
+
+
+def test_resample_with_the_clean_run_changes_nothing(toy, task):
+    same = head_outputs(toy, task.tokens)
+    res = A.sweep(toy, task.tokens, same, task.metric)
+    assert res.drop.abs().max() < 1e-4 and res.kl.abs().max() < 1e-5
+
+
+def test_control_damage_is_zero_for_identity_and_positive_otherwise(toy):
+    ctrl = torch.randint(1, 40, (2, 8), generator=torch.Generator().manual_seed(2))
+    d = A.control_damage(toy, ctrl, "zero", [(0, 0), (1, 1)], max_rows=4)
+    assert d.kl.shape == (2,) and (d.kl > 0).all()
+    with pytest.raises(ValueError, match="2 rows"):
+        A.control_values(toy, ctrl[:1], "resample")
+    vals = A.control_values(toy, ctrl, "resample")
+    z = head_outputs(toy, ctrl)
+    assert torch.equal(vals[0][0], z[0][1]) and torch.equal(vals[0][1], z[0][0])
+
+
+def test_kl_and_entropy_basics():
+    x = torch.randn(2, 3, 5)
+    assert A.kl_div(x, x).abs().max() < 1e-6
+    assert A.kl_div(x, x + 7.0).abs().max() < 1e-5  # a constant shift of the logits changes nothing
+    assert (A.kl_div(x, torch.randn(2, 3, 5)) > 0).all()
+    assert A.entropy(torch.zeros(4)).item() == pytest.approx(np.log(4), abs=1e-6)
+    assert float(A.control_kl(x, x * 2)) == pytest.approx(float(A.kl_div(x, x * 2).mean()))
+
+
+def test_damage_flags_picks_top_heads_with_more_control_than_task_kl():
+    drop = torch.tensor([3.0, 2.0, 1.0, 0.1])
+    task_kl = torch.tensor([0.5, 0.1, 0.2, 0.0])
+    ctrl_kl = torch.tensor([0.1, 0.3, 0.3, 9.0])
+    assert A.damage_flags(drop, task_kl, ctrl_kl, k=3) == [1, 2]  # head 3 is not in the top 3
+
+
+def test_self_repair_adds_up_exactly(toy, task):
+    values = A.task_values(toy, task, "zero")
+    r = A.self_repair(toy, task, [(0, 2)], values)
+    # total = direct - compensation by construction, and compensation = sum of every other part's rise
+    assert r.total == pytest.approx(r.direct - r.compensation, abs=1e-6)
+    assert sum(r.by_part.values()) == pytest.approx(r.compensation, abs=1e-3)
+    assert r.total == pytest.approx(r.ld_clean - _metric_with(toy, task, [(0, 2)], values), abs=1e-4)
+    assert "L0H2" not in r.by_part and circuits.head_label((0, 2)) not in r.by_part
+    with pytest.raises(ValueError):
+        A.self_repair(toy, task, [], values)
+
+
+def test_sweep_on_an_attention_only_model(attn_toy):
+    t = A.Task("a", torch.randint(1, 40, (2, 5), generator=torch.Generator().manual_seed(1)),
+               torch.randint(1, 40, (2, 5), generator=torch.Generator().manual_seed(2)), torch.tensor([1, 2]), torch.tensor([3, 4]))
+    res = A.sweep(attn_toy, t.tokens, A.task_values(attn_toy, t, "zero"), t.metric)
+    assert res.drop.shape == (8,) and torch.isfinite(res.drop).all()
+
+
+def test_split_total_effect_matches_self_repair(toy, task):
+    values = A.task_values(toy, task, "resample")
+    c = circuits.direct_logit_attribution(toy, task.tokens, task.answer, task.wrong)
+    a = circuits.direct_logit_attribution(toy, task.tokens, task.answer, task.wrong,
+                                          fwd_hooks=heads_replaced_hooks([(1, 3)], values))
+    r = A.self_repair(toy, task, [(1, 3)], values, c)
+    s = A.split_total_effect(c.logit_diff, a.logit_diff, c.heads, a.heads, (1, 3))
+    assert torch.allclose(s, torch.tensor([r.total, r.direct, r.compensation]), atol=1e-5)
+
+
+def test_pair_interactions_are_pair_minus_singles(toy, task):
+    values = A.task_values(toy, task, "zero")
+    heads = [(0, 0), (0, 1), (1, 2)]
+    p = A.pair_interactions(toy, task, heads, values)
+    clean = _clean(toy, task)
+    want = clean - _metric_with(toy, task, [(0, 1), (1, 2)], values)
+    assert float(p.pair[1, 2]) == pytest.approx(want, abs=1e-4)
+    assert float(p.interaction[1, 2]) == pytest.approx(want - float(p.single[1]) - float(p.single[2]), abs=1e-4)
+    assert len(p.strongest(5)) == 3
+    with pytest.raises(ValueError):
+        A.pair_interactions(toy, task, heads[:1], values)
+
+
+def test_noising_denoising_signs_and_scale(toy, task):
+    nd = A.noising_denoising(toy, task, [(0, 0), (1, 1)])
+    gap = nd.clean - nd.corrupt
+    clean_z = head_outputs(toy, task.tokens)
+    with toy.hooks(fwd_hooks=heads_replaced_hooks([(1, 1)], clean_z)), torch.no_grad():
+        denoised = float(task.metric(toy(task.counterfactual)).mean())
+    assert float(nd.sufficiency[1]) == pytest.approx((denoised - nd.corrupt) / gap, abs=1e-4)
+
+
+def test_logit_lens_ends_at_the_model_logit_difference(toy, task):
+    resid = A.final_residuals(toy, task.tokens)
+    lens = A.logit_lens(toy, resid, task.answer, task.wrong)
+    assert lens.shape == (3,)
+    assert float(lens[-1]) == pytest.approx(_clean(toy, task), abs=1e-3)
+    with pytest.raises(ValueError):
+        A.logit_lens(toy, resid[0], task.answer, task.wrong)
+
+
+def test_covariation_is_pearson():
+    rng = np.random.default_rng(0)
+    per = torch.tensor(rng.normal(size=(10, 2, 3)), dtype=torch.float32)
+    y = torch.tensor(rng.normal(size=10), dtype=torch.float32)
+    got = A.covariation(per, y)
+    for l in range(2):
+        for h in range(3):
+            assert float(got[l, h]) == pytest.approx(np.corrcoef(per[:, l, h].numpy(), y.numpy())[0, 1], abs=1e-5)
+    with pytest.raises(ValueError):
+        A.covariation(per[:2], y[:2])
+
+
+def test_probe_finds_a_planted_direction_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    noise = torch.randn(40, 16, generator=g)
+    signal = noise.clone()
+    signal[:, 0] += 4 * (labels.float() * 2 - 1)
+    acc = A.probe_layers(torch.stack([noise, signal]), labels)
+    assert acc[1] > 0.9 and acc[0] < 0.8
+    with pytest.raises(ValueError, match="two classes"):
+        A.probe_layers(torch.stack([noise]), torch.zeros(40, dtype=torch.long))
+
+
+def test_scrub_keeping_every_head_keeps_everything(toy, task):
+    s = A.scrub(toy, task, A.all_heads(toy), n_random=1)
+    assert s.kept == pytest.approx(1.0, abs=1e-5)
+    d = A.derangement(5, seed=3)
+    assert sorted(d.tolist()) == list(range(5)) and not (d == torch.arange(5)).any()
+    with pytest.raises(ValueError):
+        A.derangement(1)
+
+
+def test_rank_tools():
+    a = torch.tensor([[3.0, 1.0], [2.0, 0.0]])
+    assert A.ranks(a).tolist() == [[1, 3], [2, 4]]
+    assert A.spearman(a, a) == pytest.approx(1.0)
+    assert A.spearman(a, -a) == pytest.approx(-1.0)
+    assert A.top_heads(a, 2) == [(0, 0), (1, 0)]
+    flips = A.verdict_flips({"x": a, "y": -a}, top=1, low=3)
+    assert {f["head"] for f in flips} == {circuits.head_label((0, 0)), circuits.head_label((1, 1))}
+
+
+def test_resample_head_only_touches_one_head():
+    z = torch.randn(3, 4, 2, 5)
+    perm = torch.tensor([2, 0, 1])
+    out = A.resample_head(z, 1, perm)
+    assert torch.equal(out[:, :, 0], z[:, :, 0]) and torch.equal(out[0, :, 1], z[2, :, 1])
+
+
+def test_parse_heads_and_verdict_table():
+    assert A.parse_heads("L20H1, 25.4", 30, 9) == [(20, 1), (25, 4)]
+    with pytest.raises(ValueError, match="could not read"):
+        A.parse_heads("everything", 30, 9)
+    with pytest.raises(ValueError, match="no such head"):
+        A.parse_heads("L40H1", 30, 9)
+    with pytest.raises(ValueError, match="lacks"):
+        A.verdict_table([{"method": "x"}])
+
+
+def test_lab_runs_and_caches(toy, task):
+    ctrl = torch.randint(1, 40, (2, 8), generator=torch.Generator().manual_seed(4))
+    lab = A.Lab(toy, {"toy": task}, ctrl)
+    r = lab.run("toy", [(0, 1)], "zero")
+    assert r is lab.run("toy", [(0, 1)], "zero")
+    assert r.control_kl > 0 and r.task_kl >= 0
+    fig = A.plot_lab(lab, "toy", "L0H1, L1H2", "mean")
+    assert len(fig.axes) >= 3
+    with pytest.raises(ValueError, match="unknown task"):
+        lab.run("nope", [(0, 1)], "zero")
+
+
+def test_control_tokens_and_successor_task_on_smollm2(smollm2):
+    from mi_tutor import ordinal
+
+    ctrl = A.control_tokens(smollm2, rows=2, length=20)
+    assert ctrl.shape == (2, 20) and (ctrl[:, 0] == ctrl[0, 0]).all() and not torch.equal(ctrl[0, 1:], ctrl[1, 1:])
+    otok = ordinal.ordinal_tokens(smollm2)
+    sp = A.subset_successor(ordinal.successor_prompts(smollm2, otok, n_items=2, per_category=1), ["days"], otok)
+    t = A.successor_task(sp)
+    assert len(t) == 1 and smollm2.to_string(t.wrong) == " Tuesday" and smollm2.to_string(t.answer) == " Wednesday"
+    with pytest.raises(ValueError, match="no prompt"):
+        A.subset_successor(sp, ["planets"], otok)
+
+
+def test_mean_reference_is_used_by_mean_ablation_only(toy, task):
+    ref = torch.randint(1, 40, (5, 6), generator=torch.Generator().manual_seed(7))
+    t2 = A.Task("toy", task.tokens, task.counterfactual, task.answer, task.wrong, ref)
+    mean = A.task_values(toy, t2, "mean")
+    assert torch.allclose(mean[0][0], head_outputs(toy, ref)[0].mean(0), atol=1e-6)
+    assert torch.equal(A.task_values(toy, t2, "resample")[1], head_outputs(toy, task.counterfactual)[1])
+    with pytest.raises(ValueError, match="same length"):
+        A.Task("toy", task.tokens, task.counterfactual, task.answer, task.wrong, ref[:, :4])
+    with pytest.raises(ValueError, match="unknown ablation kind"):
+        A.task_values(toy, t2, "gaussian")

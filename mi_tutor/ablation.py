@@ -28,6 +28,8 @@ import torch
 from . import circuits
 from .circuits import Patch, run_copies
 from .interventions import ablation_values, head_outputs, heads_replaced_hooks
+from .successor import rank_correlations as correlation_table  # noqa: F401  (re-exported for the notebook)
+from .successor import ranks, spearman  # noqa: F401
 
 Head = tuple[int, int]
 Kind = Literal["zero", "mean", "resample"]
@@ -312,30 +314,6 @@ def damage_flags(task_drop: torch.Tensor, task_kl: torch.Tensor, control_kl: tor
 # --------------------------------------------------------------------------------------
 # Comparing ablation methods
 # --------------------------------------------------------------------------------------
-
-
-def ranks(scores: torch.Tensor) -> torch.Tensor:
-    """Rank of each entry (1 = largest), same shape."""
-    flat = scores.flatten()
-    order = torch.argsort(flat, descending=True, stable=True)
-    r = torch.empty_like(order)
-    r[order] = torch.arange(1, flat.numel() + 1)
-    return r.reshape(scores.shape)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two score tables."""
-    ra, rb = ranks(a).flatten().double(), ranks(b).flatten().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
-
-
-def correlation_table(scores: dict[str, torch.Tensor]):
-    """Spearman correlations between every pair of score tables (a pandas DataFrame)."""
-    import pandas as pd
-
-    names = list(scores)
-    return pd.DataFrame([[spearman(scores[a], scores[b]) for b in names] for a in names], index=names, columns=names)
 
 
 def verdict_flips(scores: dict[str, torch.Tensor], top: int = 10, low: int = 40) -> list[dict]:

@@ -483,15 +483,6 @@ def noising_denoising(model, task: Task, heads: Sequence[Head], max_rows: int = 
 # --------------------------------------------------------------------------------------
 
 
-def _norm_readout(model, x: torch.Tensor) -> torch.Tensor:
-    """Apply the final norm (RMSNorm or LayerNorm, as in `circuits`) to residual vectors ``[..., d]``."""
-    w, b, eps, centred = circuits._final_norm(model)
-    if centred:
-        x = x - x.mean(-1, keepdim=True)
-    x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w
-    return x + b if b is not None else x
-
-
 @torch.no_grad()
 def logit_lens(model, resid: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
     """Logit difference answer - wrong read early from the final-position residual stream after each
@@ -501,7 +492,7 @@ def logit_lens(model, resid: torch.Tensor, answer: torch.Tensor, wrong: torch.Te
     """
     if resid.ndim != 3 or resid.shape[1] != answer.shape[0]:
         raise ValueError("resid must be [n_layers + 1, batch, d_model] with one answer per prompt")
-    x = _norm_readout(model, resid)  # [n+1, batch, d]
+    x = circuits.apply_final_norm(model, resid)  # [n+1, batch, d]
     direction = (model.W_U[:, answer] - model.W_U[:, wrong]).T  # [batch, d]
     ld = (x * direction).sum(-1)
     b_U = getattr(model, "b_U", None)
@@ -710,11 +701,6 @@ def _done(fig):
     return fig
 
 
-def _show(fig):
-    """Close and return `fig` (it is then displayed once, by the notebook's rich display)."""
-    return _done(fig)
-
-
 def plot_effect_maps(tables: dict[str, torch.Tensor], title: str = ""):
     """One layer x head map per ablation method (drop in logit difference)."""
     import matplotlib.pyplot as plt
@@ -729,7 +715,7 @@ def plot_effect_maps(tables: dict[str, torch.Tensor], title: str = ""):
         fig.colorbar(im, ax=ax, fraction=0.05)
     axes[0].set_ylabel("layer")
     fig.suptitle(title)
-    return _show(fig)
+    return _done(fig)
 
 
 def plot_damage(points: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]], flagged: dict[str, list[int]] | None = None,
@@ -753,7 +739,7 @@ def plot_damage(points: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]],
     ax.axhline(0, color="grey", lw=0.5)
     ax.legend(title="ablation")
     ax.set_title(title)
-    return _show(fig)
+    return _done(fig)
 
 
 def plot_self_repair(rep: SelfRepair, k: int = 6, title: str = "", ax=None):
@@ -773,7 +759,7 @@ def plot_self_repair(rep: SelfRepair, k: int = 6, title: str = "", ax=None):
     ax.set_ylabel("logit difference")
     ax.set_title(title or f"ablating {', '.join(circuits.head_label(h) for h in rep.heads)}: "
                  f"{rep.repaired:.0%} of the direct effect repaired")
-    return _show(fig) if own else fig
+    return _done(fig) if own else fig
 
 
 def plot_noise_denoise(nd: NoiseDenoise, title: str = ""):
@@ -791,7 +777,7 @@ def plot_noise_denoise(nd: NoiseDenoise, title: str = ""):
     ax.set_xlabel("necessity: noising drop / (clean - corrupt)")
     ax.set_ylabel("sufficiency: denoising gain / (clean - corrupt)")
     ax.set_title(title)
-    return _show(fig)
+    return _done(fig)
 
 
 def plot_lens_probe(lens: dict[str, torch.Tensor], probe: torch.Tensor | None = None, ablation_by_layer: dict[str, torch.Tensor] | None = None,
@@ -815,7 +801,7 @@ def plot_lens_probe(lens: dict[str, torch.Tensor], probe: torch.Tensor | None = 
     axes[1].set_title("where the information is / where removing it hurts")
     axes[1].legend(fontsize=7)
     fig.suptitle(title)
-    return _show(fig)
+    return _done(fig)
 
 
 def plot_lab(lab: Lab, task: str, heads: str, kind: str):

@@ -468,6 +468,16 @@ def _final_norm(model):
     return w, (b.detach() if b is not None else None), eps, centred
 
 
+def apply_final_norm(model, x: torch.Tensor) -> torch.Tensor:
+    """The model's final norm (RMSNorm or LayerNorm) applied to residual vectors ``[..., d_model]``
+    as a fixed function of each vector (the logit lens reads layers through it)."""
+    w, b, eps, centred = _final_norm(model)
+    if centred:
+        x = x - x.mean(-1, keepdim=True)
+    x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w
+    return x + b if b is not None else x
+
+
 @dataclass
 class DLA:
     """Direct logit attribution of the logit difference at the final position (means over prompts).

@@ -73,7 +73,8 @@ def timed(fn):
     t0 = time.perf_counter(); out = fn(); return out, time.perf_counter() - t0
 _, clean_cache = m.run_with_cache(clean)
 per_layer, t_layer = timed(lambda: iv.patch_each_head(m, corrupt, clean, metric_b))
-growing, t_grow = timed(lambda: circuits.patch_heads(m, corrupt, clean, metric_b))
+growing, t_grow = timed(lambda: circuits.patch_heads(m, corrupt, clean, metric_b, fast=False))
+fast, t_fast = timed(lambda: circuits.patch_heads(m, corrupt, clean, metric_b, fast=True))
 attrib, t_attr = timed(lambda: iv.attribution_patch_heads(m, corrupt, clean, metric_b))
 with contextlib.redirect_stderr(_io.StringIO()):
     theirs, t_tl = timed(lambda: patching.get_act_patch_attn_head_out_all_pos(m, corrupt, clean_cache, metric_tl))
@@ -81,9 +82,10 @@ theirs = theirs.float()
 base = float(metric_b(m(corrupt)).mean())
 corr = lambda a, b: float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
 print(json.dumps({"threads": torch.get_num_threads(), "tokens": clean.shape[1], "heads": theirs.numel(),
-                  "transformer_lens_s": t_tl, "per_layer_s": t_layer, "growing_batch_s": t_grow, "attribution_s": t_attr,
-                  "speedup_per_layer": t_tl / t_layer, "speedup_growing_batch": t_tl / t_grow, "speedup_attribution": t_tl / t_attr,
-                  "max_abs_diff_exact": float(max((per_layer - theirs).abs().max(), (growing - theirs).abs().max())),
+                  "transformer_lens_s": t_tl, "per_layer_s": t_layer, "growing_batch_s": t_grow, "fast_llama_s": t_fast,
+                  "attribution_s": t_attr, "speedup_per_layer": t_tl / t_layer, "speedup_growing_batch": t_tl / t_grow,
+                  "speedup_fast_llama": t_tl / t_fast, "speedup_attribution": t_tl / t_attr,
+                  "max_abs_diff_exact": float(max((x - theirs).abs().max() for x in (per_layer, growing, fast))),
                   "attribution_correlation": corr(attrib, theirs - base)}))
 """
 
@@ -154,16 +156,19 @@ def to_markdown(results: dict) -> str:
     if patch:
         lines += ["", "All-heads activation patching, SmolLM2 (270 heads, one 15-token IOI prompt, corrupted <- clean), "
                   "each row one process:", "",
-                  "| torch threads | TransformerLens loop (s) | per-layer batches (s) | growing batch (s) | attribution (s) | "
-                  "speed-up, growing batch | speed-up, attribution | max abs diff (exact) | attribution r |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| torch threads | TransformerLens loop (s) | per-layer batches (s) | growing batch, hooks (s) | "
+                  "fast Llama engine (s) | attribution (s) | speed-up, growing batch | speed-up, fast Llama | "
+                  "speed-up, attribution | max abs diff (exact) | attribution r |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for t, p in patch.items():
             if "error" in p:
-                lines.append(f"| {t} | error: {p['error'][-80:]} | | | | | | | |")
+                lines.append(f"| {t} | error: {p['error'][-80:]} | | | | | | | | | |")
                 continue
+            fast = "-" if p.get("fast_llama_s") is None else f"{p['fast_llama_s']:.1f}"
+            fast_x = "-" if p.get("speedup_fast_llama") is None else f"{p['speedup_fast_llama']:.1f}x"
             lines.append(f"| {p['threads']} | {p['transformer_lens_s']:.1f} | {p['per_layer_s']:.1f} | {p['growing_batch_s']:.1f} | "
-                         f"{p['attribution_s']:.2f} | {p['speedup_growing_batch']:.1f}x | {p['speedup_attribution']:.0f}x | "
-                         f"{p['max_abs_diff_exact']:.1e} | {p['attribution_correlation']:.3f} |")
+                         f"{fast} | {p['attribution_s']:.2f} | {p['speedup_growing_batch']:.1f}x | {fast_x} | "
+                         f"{p['speedup_attribution']:.0f}x | {p['max_abs_diff_exact']:.1e} | {p['attribution_correlation']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

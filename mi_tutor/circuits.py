@@ -15,6 +15,11 @@ far less than TransformerLens's one forward per patch. Only the last position is
 unembedded (IOI metrics read the final token), which saves the 49k-way unembedding at
 every other position. The result equals patching one head at a time (tested).
 
+`patch_heads` and `patch_heads_by_position` go further on SmolLM2 (any bias-free HF
+Llama): `mi_tutor.fast_llama` runs the same growing batch in plain torch on the bridge's
+weights, also sharing the positions no patch changes and computing only the last position
+in the final layer (tested equal to the hook engine and to one-at-a-time patching).
+
 Conventions: prompts are aligned (one template, same length); `metric(logits)` returns one
 score per prompt from logits ``[batch, pos, vocab]`` at position -1 (see `mi_tutor.ioi`).
 """
@@ -27,6 +32,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from . import fast_llama
 from .interventions import head_outputs, heads_replaced_hooks, z_name
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
@@ -249,6 +255,21 @@ def _chunks(items: list, rows_per_copy: int, max_rows: int) -> Iterable[list]:
         yield items[i:i + per]
 
 
+def _head_engine(model, target_tokens: torch.Tensor, source_tokens: torch.Tensor | None, layers, fast: bool | None):
+    """(source head outputs by layer, copies -> logits [1 + n, batch, 1, vocab]) for the fastest exact engine.
+
+    SmolLM2 (any bias-free HF Llama) runs on `fast_llama.LlamaRunner`; other models on `run_copies`.
+    """
+    use_fast = fast_llama.supports(model) if fast is None else fast
+    if use_fast:
+        runner = fast_llama.LlamaRunner(model)
+        src = runner.run(source_tokens)["z"] if source_tokens is not None else None
+        base = runner.run(target_tokens)
+        return src, lambda copies: runner.replace_heads(target_tokens, copies, base)[:, :, None]
+    src = head_outputs(model, source_tokens, layers) if source_tokens is not None else None
+    return src, lambda copies: run_copies(model, target_tokens, copies)[0]
+
+
 def patch_heads(
     model,
     target_tokens: torch.Tensor,
@@ -256,22 +277,23 @@ def patch_heads(
     metric: Metric,
     layers: Sequence[int] | None = None,
     max_rows: int = 128,
+    fast: bool | None = None,
 ) -> torch.Tensor:
     """Activation patching of every head's output (hook_z), source into target: [n_layers, n_heads].
 
     Same numbers as `mi_tutor.interventions.patch_each_head` (one head at a time, all
-    positions), computed with the growing-batch engine in a few forward passes.
+    positions), computed in a few batched forward passes: on SmolLM2 by `fast_llama`
+    (``fast=None`` chooses; ``fast=False`` forces the hook engine `run_copies`).
     """
     if source_tokens.shape != target_tokens.shape:
         raise ValueError(f"source and target prompts must align: {tuple(source_tokens.shape)} vs {tuple(target_tokens.shape)}")
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     layers = list(range(n_layers)) if layers is None else list(layers)
-    src = head_outputs(model, source_tokens, layers)
+    src, run = _head_engine(model, target_tokens, source_tokens, layers, fast)
     heads = [(l, h) for l in layers for h in range(n_heads)]
     out = torch.full((n_layers, n_heads), float("nan"))
     for chunk in _chunks(heads, target_tokens.shape[0], max_rows):
-        logits, _ = run_copies(model, target_tokens, [[Patch(l, h, src[l])] for l, h in chunk])
-        s = _scores(metric, logits)[1:]
+        s = _scores(metric, run([[Patch(l, h, src[l])] for l, h in chunk]))[1:]
         for (l, h), v in zip(chunk, s):
             out[l, h] = v
     return out
@@ -284,15 +306,16 @@ def patch_heads_by_position(
     metric: Metric,
     heads: Sequence[Head],
     max_rows: int = 128,
+    fast: bool | None = None,
 ) -> torch.Tensor:
     """Patch each listed head at one position at a time: [len(heads), pos]."""
     n_pos = target_tokens.shape[1]
     layers = sorted({l for l, _ in heads})
-    src = head_outputs(model, source_tokens, layers)
+    src, run = _head_engine(model, target_tokens, source_tokens, layers, fast)
     jobs = [(i, l, h, p) for i, (l, h) in enumerate(heads) for p in range(n_pos)]
     out = torch.full((len(heads), n_pos), float("nan"))
     for chunk in _chunks(jobs, target_tokens.shape[0], max_rows):
-        logits, _ = run_copies(model, target_tokens, [[Patch(l, h, src[l], pos=p)] for _, l, h, p in chunk])
+        logits = run([[Patch(l, h, src[l], pos=p)] for _, l, h, p in chunk])
         for (i, _, _, p), v in zip(chunk, _scores(metric, logits)[1:]):
             out[i, p] = v
     return out
@@ -811,6 +834,7 @@ class SpeedReport:
     tl_heads: int
     n_heads_total: int
     max_abs_diff: float
+    engine: str = "growing-batch engine"
 
     @property
     def tl_s_extrapolated(self) -> float:
@@ -823,7 +847,7 @@ class SpeedReport:
     def __str__(self) -> str:
         return (f"TransformerLens loop: {self.tl_s_measured:.1f} s for {self.tl_heads} heads -> "
                 f"~{self.tl_s_extrapolated:.0f} s for all {self.n_heads_total} (extrapolated)\n"
-                f"growing-batch engine: {self.engine_s:.1f} s for all {self.n_heads_total} heads\n"
+                f"{self.engine}: {self.engine_s:.1f} s for all {self.n_heads_total} heads\n"
                 f"speed-up ~{self.speedup:.0f}x; largest difference on the timed heads {self.max_abs_diff:.1e}")
 
 
@@ -861,7 +885,8 @@ def compare_patching_speed(model, target_tokens, source_tokens, metric: Metric, 
     tl = tl_patch_heads(model, target_tokens, source_tokens, metric, heads)
     tl_time = time.perf_counter() - t0
     diff = max(abs(float(tl[i]) - float(table[l, h])) for i, (l, h) in enumerate(heads))
-    return SpeedReport(engine, tl_time, len(heads), model.cfg.n_layers * n_heads, diff), table
+    name = "fast Llama engine (fast_llama)" if fast_llama.supports(model) else "growing-batch engine (run_copies)"
+    return SpeedReport(engine, tl_time, len(heads), model.cfg.n_layers * n_heads, diff, name), table
 
 
 # --------------------------------------------------------------------------------------

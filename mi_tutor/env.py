@@ -126,6 +126,60 @@ def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
         return False
 
 
+def trim_memory() -> bool:
+    """Give memory that freed tensors left on glibc's heap back to the system (``malloc_trim``).
+
+    Cheap (milliseconds) and safe to call between cells. A training loop allocates and
+    frees the same few MB every step; glibc keeps them, and the next cell's peak then sits
+    on top. Measured on notebook 01's live run: resident memory after training 0.71 GB,
+    0.51 GB after this call. Returns False where the C library is not glibc.
+    """
+    import gc
+
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def _trim_after_each_cell() -> None:
+    """In IPython/Jupyter, call `trim_memory` after every cell (once per kernel).
+
+    Without it, what one cell freed stays on glibc's heap and the next cell's peak stacks
+    on top. Measured on notebook 01 (nbval): peak 1.08 GB without, see the benchmark for with.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # plain Python: nothing to hook
+        return
+    shell = get_ipython()
+    if shell is None or getattr(shell, "_mi_tutor_trims", False):
+        return
+    shell.events.register("post_run_cell", lambda *_: trim_memory())
+    shell._mi_tutor_trims = True
+
+
+def usable_cores() -> int:
+    """CPU cores this process may use: the container's CPU quota if there is one (Binder,
+    Docker), else the CPUs it is allowed to run on."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" or "<quota> <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
 @dataclass(frozen=True)
 class Environment:
     """What `setup()` found."""
@@ -171,6 +225,7 @@ def setup(seed: int = 0, *, threads: int | None = 1, quiet: bool = False) -> Env
         matplotlib.rcParams.update({"figure.dpi": 80, "savefig.dpi": 80, "figure.figsize": (6.4, 3.6)})
     except Exception:  # pragma: no cover
         pass
+    _trim_after_each_cell()
     env = Environment(
         platform=platform_name(),
         torch_version=torch.__version__.split("+")[0],

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .grokking import KEYS, all_pairs, fast_forward, make_split, params_of
+from .grokking import KEYS, all_pairs, forward_all, make_split, params_of
 
 # --------------------------------------------------------------------------------------
 # The Fourier basis over Z_p
@@ -124,7 +124,7 @@ def weight_norm(model_or_state: Any) -> float:
 def last_position(model_or_state: Any, p: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``[p, p, p]`` and neuron activations ``[p, p, d_mlp]`` at "=", indexed [a, b, ...]."""
     tokens, _ = all_pairs(p)
-    logits, acts = fast_forward(params_of(model_or_state), tokens)
+    logits, acts = forward_all(params_of(model_or_state), tokens)
     return logits.view(p, p, -1).float(), acts.view(p, p, -1).float()
 
 
@@ -254,7 +254,7 @@ def restricted_loss(model_or_state: Any, p: int, freqs: Sequence[int]) -> float:
     """
     tokens, labels = all_pairs(p)
     with torch.no_grad():
-        logits, acts = fast_forward(params_of(model_or_state), tokens)
+        logits, acts = forward_all(params_of(model_or_state), tokens)
         kept = acts.mean(0, keepdim=True) + key_frequency_part(acts, p, freqs)
         new = kept @ W_L(model_or_state)
         new = new + logits.mean(0, keepdim=True) - new.mean(0, keepdim=True)
@@ -286,7 +286,7 @@ def excluded_loss(model_or_state: Any, p: int, freqs: Sequence[int], train_idx: 
     """
     tokens, labels = all_pairs(p)
     with torch.no_grad():
-        logits, acts = fast_forward(params_of(model_or_state), tokens)
+        logits, acts = forward_all(params_of(model_or_state), tokens)
         removed = key_frequency_part(acts, p, freqs) @ W_L(model_or_state)
         new = logits - removed
     return float(F.cross_entropy(new[train_idx].double(), labels[train_idx]))
@@ -303,7 +303,7 @@ def measures_at(state: Mapping[str, torch.Tensor], p: int, key_freqs: Sequence[i
     basis = fourier_basis(p)[0] if basis is None else basis
     tokens, labels = all_pairs(p)
     with torch.no_grad():
-        logits, acts = fast_forward(st, tokens)
+        logits, acts = forward_all(st, tokens)
     wl = W_L(st)
     part = key_frequency_part(acts, p, key_freqs)
     restricted = (acts.mean(0, keepdim=True) + part) @ wl
@@ -531,7 +531,7 @@ class FrequencyPicker:
         self.state = {k: v.detach().float() for k, v in params_of(model_or_state).items()}
         tokens, self.labels = all_pairs(p)
         with torch.no_grad():
-            self.logits, self.acts = fast_forward(self.state, tokens)
+            self.logits, self.acts = forward_all(self.state, tokens)
         self.W_L = W_L(self.state)
         basis, _ = fourier_basis(p)
         self.basis = basis

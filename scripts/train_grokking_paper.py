@@ -76,7 +76,7 @@ def train_stage(args) -> None:
         print(json.dumps(row), flush=True)
 
     run = grokking.train_grokking(cfg, live=False, progress=False, on_checkpoint=on_checkpoint,
-                                  keep_checkpoints=False, max_seconds=args.max_minutes * 60)
+                                  keep_checkpoints=False, max_seconds=args.max_minutes * 60, threads=args.threads)
     info = {"config": cfg.to_dict(), "steps_run": run.history.steps[-1], "seconds": run.history.seconds,
             "stopped_by_time": run.history.stopped_early, "threads": args.threads,
             "machine": f"{platform.machine()} {os.cpu_count()} cores, load average at end {os.getloadavg()}",

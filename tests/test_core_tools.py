@@ -307,3 +307,33 @@ def test_return_freed_memory_gives_freed_tensor_memory_back():
     assert heap["on"][0], "return_freed_memory() could not set glibc's thresholds"
     assert heap["on"][1] < 8, f"2 MB tensors should be mapped on their own (freed = returned), but the heap grew {heap['on'][1]} MB"
     assert heap["off"][1] >= 30, f"control: by default glibc should put them on the heap, which grew only {heap['off'][1]} MB"
+
+
+_CELLS = r"""
+import torch
+from IPython.core.interactiveshell import InteractiveShell
+from mi_tutor import setup
+shell = InteractiveShell.instance()
+setup(quiet=True); setup(quiet=True)        # a notebook may call setup() twice
+ours = [f for f in shell.events.callbacks["post_run_cell"] if "trim_memory" in getattr(getattr(f, "__code__", None), "co_names", ())]
+def rss_mb():
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) >> 10
+ok = shell.run_cell("import torch; warm = torch.ones(1 << 20); del warm").success  # glibc's mmap threshold -> 4 MB
+# 100 x 2 MB on the heap, each followed by a small tensor that stays: freeing the big ones leaves holes
+ok = ok and shell.run_cell("pins, keep = [], []\n"
+                           "for _ in range(100): keep.append(torch.ones(1 << 19)); pins.append(torch.ones(1 << 12))\n"
+                           "del keep").success
+print(ok, len(ours), rss_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_setup_gives_memory_back_after_every_cell():
+    """After a cell frees 200 MB of 2 MB tensors, resident memory drops again (malloc_trim hook)."""
+    out = subprocess.run([sys.executable, "-c", _CELLS], capture_output=True, text=True, check=True).stdout.split()
+    ok, hooks, rss_after = out[-3] == "True", int(out[-2]), int(out[-1])
+    assert ok, "the test cells did not run"
+    assert hooks == 1, f"setup() should register its post-cell hook exactly once, found {hooks}"
+    base = subprocess.run([sys.executable, "-c", _CELLS.replace('shell.run_cell("pins', '0 and shell.run_cell("pins')],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert rss_after - int(base[-1]) < 60, f"the cell's freed 200 MB stayed resident ({rss_after} vs {base[-1]} MB)"

@@ -85,6 +85,10 @@ def test_fast_forward_equals_the_bridge_forward_at_the_last_position():
     # and from a state dict (a checkpoint), as the analysis uses it
     state = grokking.snapshot(model)
     assert torch.allclose(grokking.fast_logits(state, tokens), theirs, atol=1e-4)
+    # in chunks (chunk size not dividing the 121 pairs), without gradients
+    logits, acts_chunked = grokking.forward_all(model, tokens, chunk=50)
+    assert not logits.requires_grad and logits.shape == ours.shape
+    assert torch.allclose(logits, ours, atol=1e-5) and torch.allclose(acts_chunked, acts, atol=1e-5)
 
 
 def test_training_step_moves_the_bridge_weights_and_keeps_attention_biases_zero():
@@ -104,6 +108,18 @@ def test_training_is_reproducible():
     a = grokking.train_grokking(cfg, live=False, progress=False).history
     b = grokking.train_grokking(cfg, live=False, progress=False).history
     assert a.metrics["train_loss"] == b.metrics["train_loss"]
+
+
+def test_live_setting_is_bit_identical_on_one_and_two_threads():
+    """train_grokking uses two threads where it may; the numbers must not depend on that."""
+    cfg = grokking.GrokConfig(n_steps=40, eval_every=20, checkpoint_every=40)
+    before = torch.get_num_threads()
+    one = grokking.train_grokking(cfg, live=False, progress=False, threads=1)
+    two = grokking.train_grokking(cfg, live=False, progress=False, threads=2)
+    assert torch.get_num_threads() == before  # restored
+    assert one.history.metrics == two.history.metrics
+    for name, w in one.model.state_dict().items():
+        assert torch.equal(w, two.model.state_dict()[name]), name
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""The plain-torch Llama engine (mi_tutor.fast_llama) gives the bridge's numbers.
+
+Every check compares against the bridge itself: its forward, its hooks (`run_copies`) or
+TransformerLens-style one-head-at-a-time patching (`interventions.patch_each_head`).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mi_tutor import circuits, fast_llama, interventions as iv, ioi
+from mi_tutor.circuits import Patch
+
+
+@pytest.fixture(scope="module")
+def ds(smollm2):
+    return ioi.make_ioi(smollm2, n=2, seed=1)
+
+
+def test_unpatched_forward_equals_the_bridge(smollm2, ds):
+    runner = fast_llama.LlamaRunner(smollm2)
+    out = runner.run(ds.tokens)
+    with torch.no_grad():
+        want = smollm2(ds.tokens)[:, -1]
+    assert torch.allclose(out["logits"], want, atol=1e-3, rtol=1e-4)
+    assert out["logits"].argmax(-1).tolist() == want.argmax(-1).tolist()
+    # the recorded head outputs are the bridge's hook_z
+    z = iv.head_outputs(smollm2, ds.tokens, [3])[3]
+    assert torch.allclose(out["z"][3], z, atol=1e-4)
+
+
+def test_patch_heads_matches_the_hook_engine_and_one_at_a_time(smollm2, ds):
+    n = smollm2.cfg.n_layers
+    layers = [0, n // 2, n - 1]
+    fast = circuits.patch_heads(smollm2, ds.tokens, ds.abc_tokens, ds.metric, layers=layers, max_rows=10)
+    hooks = circuits.patch_heads(smollm2, ds.tokens, ds.abc_tokens, ds.metric, layers=layers, max_rows=10, fast=False)
+    slow = iv.patch_each_head(smollm2, ds.tokens, ds.abc_tokens, ds.metric, layers=layers)
+    assert torch.allclose(fast[layers], hooks[layers], atol=1e-4)
+    assert torch.allclose(fast[layers], slow[layers], atol=1e-4)
+    assert (fast[layers] - fast[layers].mean()).abs().max() > 1e-2  # the patches did something
+
+
+def test_copies_share_the_unchanged_prefix(smollm2, ds):
+    """ABC prompts differ from IOI prompts first at a name: copies skip the positions before it."""
+    runner = fast_llama.LlamaRunner(smollm2)
+    src = runner.run(ds.abc_tokens)["z"]
+    runner.replace_heads(ds.tokens, [[Patch(2, 1, src[2])]])
+    first_diff = int((ds.tokens != ds.abc_tokens).any(0).nonzero()[0])
+    assert runner.last_start == first_diff > 0
+    # a value that differs everywhere (zero ablation) leaves nothing to share
+    runner.replace_heads(ds.tokens, [[Patch(2, 1, torch.zeros_like(src[2]))]])
+    assert runner.last_start == 0
+
+
+def test_groups_and_single_positions_match_run_copies(smollm2, ds):
+    n = smollm2.cfg.n_layers
+    values = iv.ablation_values(smollm2, ds.tokens, "mean", ds.abc_tokens, layers=[1, n - 2])
+    copies = [[Patch(1, 3, values[1])],
+              [Patch(1, 0, values[1]), Patch(n - 2, 5, values[n - 2])],  # a group across layers
+              [Patch(n - 2, 2, values[n - 2], pos=int(ds.pos["S2"][0]))],  # one position
+              []]  # an unpatched copy
+    runner = fast_llama.LlamaRunner(smollm2)
+    got = runner.replace_heads(ds.tokens, copies)
+    want, _ = circuits.run_copies(smollm2, ds.tokens, copies)
+    assert got.shape == (5, 2, smollm2.cfg.d_vocab)
+    assert torch.allclose(got, want[:, :, -1], atol=1e-3, rtol=1e-4)
+    assert torch.allclose(got[4], got[0], atol=1e-4)  # the empty copy is the unpatched run
+
+
+def test_bad_requests_are_explained(smollm2, gpt2_arch, ds):
+    assert fast_llama.supports(smollm2) and not fast_llama.supports(gpt2_arch)
+    with pytest.raises(ValueError, match="run_copies"):
+        fast_llama.LlamaRunner(gpt2_arch)
+    runner = fast_llama.LlamaRunner(smollm2)
+    z = runner.run(ds.tokens)["z"][0]
+    with pytest.raises(ValueError, match="site 'z'"):
+        runner.replace_heads(ds.tokens, [[Patch(0, 0, z, site="q")]])
+    with pytest.raises(ValueError, match="outside this model"):
+        runner.replace_heads(ds.tokens, [[Patch(0, 99, z)]])
+    with pytest.raises(ValueError, match="the prompts are"):
+        runner.replace_heads(ds.tokens, [[Patch(0, 0, z[:1])]])
+    with pytest.raises(ValueError, match="batch, pos"):
+        runner.run(ds.tokens[0])

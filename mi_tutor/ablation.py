@@ -28,6 +28,7 @@ import torch
 from . import circuits
 from .circuits import Patch, run_copies
 from .interventions import ablation_values, head_outputs, heads_replaced_hooks
+from .plots import finish
 from .successor import rank_correlations as correlation_table  # noqa: F401  (re-exported for the notebook)
 from .successor import ranks, spearman  # noqa: F401
 
@@ -693,13 +694,6 @@ def parse_heads(text: str, n_layers: int, n_heads: int) -> list[Head]:
 # --------------------------------------------------------------------------------------
 
 
-def _done(fig):
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
 
 def plot_effect_maps(tables: dict[str, torch.Tensor], title: str = ""):
     """One layer x head map per ablation method (drop in logit difference)."""
@@ -715,7 +709,7 @@ def plot_effect_maps(tables: dict[str, torch.Tensor], title: str = ""):
         fig.colorbar(im, ax=ax, fraction=0.05)
     axes[0].set_ylabel("layer")
     fig.suptitle(title)
-    return _done(fig)
+    return finish(fig, tight_layout=True)
 
 
 def plot_damage(points: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]], flagged: dict[str, list[int]] | None = None,
@@ -739,7 +733,7 @@ def plot_damage(points: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]],
     ax.axhline(0, color="grey", lw=0.5)
     ax.legend(title="ablation")
     ax.set_title(title)
-    return _done(fig)
+    return finish(fig, tight_layout=True)
 
 
 def plot_self_repair(rep: SelfRepair, k: int = 6, title: str = "", ax=None):
@@ -759,7 +753,7 @@ def plot_self_repair(rep: SelfRepair, k: int = 6, title: str = "", ax=None):
     ax.set_ylabel("logit difference")
     ax.set_title(title or f"ablating {', '.join(circuits.head_label(h) for h in rep.heads)}: "
                  f"{rep.repaired:.0%} of the direct effect repaired")
-    return _done(fig) if own else fig
+    return finish(fig, tight_layout=True) if own else fig
 
 
 def plot_noise_denoise(nd: NoiseDenoise, title: str = ""):
@@ -777,7 +771,7 @@ def plot_noise_denoise(nd: NoiseDenoise, title: str = ""):
     ax.set_xlabel("necessity: noising drop / (clean - corrupt)")
     ax.set_ylabel("sufficiency: denoising gain / (clean - corrupt)")
     ax.set_title(title)
-    return _done(fig)
+    return finish(fig, tight_layout=True)
 
 
 def plot_lens_probe(lens: dict[str, torch.Tensor], probe: torch.Tensor | None = None, ablation_by_layer: dict[str, torch.Tensor] | None = None,
@@ -801,7 +795,7 @@ def plot_lens_probe(lens: dict[str, torch.Tensor], probe: torch.Tensor | None = 
     axes[1].set_title("where the information is / where removing it hurts")
     axes[1].legend(fontsize=7)
     fig.suptitle(title)
-    return _done(fig)
+    return finish(fig, tight_layout=True)
 
 
 def plot_lab(lab: Lab, task: str, heads: str, kind: str):
@@ -823,7 +817,7 @@ def plot_lab(lab: Lab, task: str, heads: str, kind: str):
     plot_self_repair(rep, k=5, ax=axes[2], title=f"{kind} ablation of {', '.join(circuits.head_label(h) for h in hs)}: "
                      f"compensation {rep.compensation:+.2f}")
     axes[2].title.set_fontsize(9)
-    return _done(fig)
+    return finish(fig, tight_layout=True)
 
 
 # --------------------------------------------------------------------------------------

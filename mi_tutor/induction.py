@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from . import metrics
 from .models import attn_only_model
+from .plots import finish
 from .training import History, LivePlot, train
 
 warnings.filterwarnings("ignore", message=".*use_deterministic_algorithms.*")
@@ -448,14 +449,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 
-def _done(fig):
-    """Close a finished figure and return it: a notebook shows it once, as the cell's value
-    (an open figure would be shown a second time by the inline backend)."""
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return fig
-
 
 def describe_example(tokens: torch.Tensor, repeated: torch.Tensor) -> str:
     """One task sequence as text: the predictable (repeated) tokens are bracketed."""
@@ -484,7 +477,7 @@ def plot_runs(runs: list[Run], title: str = "Three runs, one task family"):
     axes[0].set_ylabel("nats")
     fig.suptitle(title)
     fig.tight_layout()
-    return _done(fig)
+    return finish(fig)
 
 
 def plot_snapshot(run: Run, index: int, heads: list[tuple[int, int]] | None = None):
@@ -513,7 +506,7 @@ def plot_snapshot(run: Run, index: int, heads: list[tuple[int, int]] | None = No
         ax.set_xlabel("key")
         ax.set_ylabel("query")
     fig.tight_layout()
-    return _done(fig)
+    return finish(fig)
 
 
 def plot_head(pattern: torch.Tensor, labels: list[str], scores: metrics.HeadScores, layer: int, head: int,
@@ -545,7 +538,7 @@ def plot_head(pattern: torch.Tensor, labels: list[str], scores: metrics.HeadScor
     a1.legend(fontsize=7)
     a1.set_title("scores (mean attention to the target key)", fontsize=9)
     fig.tight_layout()
-    return _done(fig)
+    return finish(fig)
 
 
 # --------------------------------------------------------------------------------------
@@ -651,7 +644,7 @@ def plot_repeat_loss(scores: metrics.HeadScores, title: str = ""):
     ax.set_title(title or "loss on repeated random tokens", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _done(fig)
+    return finish(fig)
 
 
 def plot_icl(loss: torch.Tensor, early: int, late: int, halfwidth: int, title: str = ""):
@@ -673,7 +666,7 @@ def plot_icl(loss: torch.Tensor, early: int, late: int, halfwidth: int, title: s
     ax.set_title(title or "loss falls as the context grows", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _done(fig)
+    return finish(fig)
 
 
 def plot_score_maps(scores: metrics.HeadScores, title: str = "", names=("previous_token", "induction", "duplicate_token")):
@@ -697,7 +690,7 @@ def plot_score_maps(scores: metrics.HeadScores, title: str = "", names=("previou
     fig.colorbar(im, ax=list(axes[0]), fraction=0.02, pad=0.02)
     if title:
         fig.suptitle(title, fontsize=11)
-    return _done(fig)
+    return finish(fig)
 
 
 @torch.no_grad()

@@ -17,6 +17,17 @@ def _np(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def finish(fig, tight_layout: bool = False):
+    """Close a finished figure and return it, so a notebook shows it once, as the cell's value
+    (the inline backend would draw a figure that is still open a second time)."""
+    import matplotlib.pyplot as plt
+
+    if tight_layout:
+        fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 def heatmap(
     values,
     xlabels: Sequence[str] | None = None,

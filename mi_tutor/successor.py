@@ -40,6 +40,7 @@ import torch
 
 from .interventions import Metric, attribution_patch_heads, head_outputs, heads_replaced_hooks, patch_each_head, z_name
 from .ordinal import OrdinalTokens, SuccessorPrompts, successor_prompts
+from .plots import finish
 
 METHODS = ("weights", "ICA", "ablation", "attribution")
 
@@ -706,19 +707,12 @@ def path_patch_effects(model, prompts: SuccessorPrompts, sender: tuple[int, int]
 # --------------------------------------------------------------------------------------
 
 
-def _done(fig):
-    """Close a finished figure (so Jupyter shows it once, as the cell's value) and return it."""
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return fig
-
 
 def plot_toy_history(history):
     """Test loss and successor accuracy of the toy model's training run."""
     from .training import plot_history
 
-    return _done(plot_history(history, panels=[["test_loss"], ["successor_acc"]], title="toy successor model"))
+    return finish(plot_history(history, panels=[["test_loss"], ["successor_acc"]], title="toy successor model"))
 
 
 def plot_successor_matrix(eff_ov: torch.Tensor, otok: OrdinalTokens, layer: int, head: int,
@@ -755,7 +749,7 @@ def plot_successor_matrix(eff_ov: torch.Tensor, otok: OrdinalTokens, layer: int,
     ax.set_xlabel("output token (box = true successor, dot = top-1)", fontsize=7)
     ax.set_ylabel("input token", fontsize=7)
     fig.tight_layout()
-    return _done(fig) if own else fig
+    return finish(fig) if own else fig
 
 
 def plot_top_heads(eff_ov: torch.Tensor, otok: OrdinalTokens, cat_scores: torch.Tensor, k: int = 2):
@@ -772,7 +766,7 @@ def plot_top_heads(eff_ov: torch.Tensor, otok: OrdinalTokens, cat_scores: torch.
             axes[r, c].set_xlabel("")
             axes[r, c].set_ylabel("")
     fig.tight_layout()
-    return _done(fig)
+    return finish(fig)
 
 
 def plot_ica(ica: ICAResult, otok: OrdinalTokens, show: int = 4):
@@ -801,7 +795,7 @@ def plot_ica(ica: ICAResult, otok: OrdinalTokens, show: int = 4):
         axes[1, col].set_title("head weights", fontsize=8)
         fig.colorbar(im, ax=axes[1, col], fraction=0.046)
     fig.tight_layout()
-    return _done(fig)
+    return finish(fig)
 
 
 def plot_four_maps(scores: dict[str, torch.Tensor], mark: Sequence[tuple[int, int]] = ()):
@@ -823,7 +817,7 @@ def plot_four_maps(scores: dict[str, torch.Tensor], mark: Sequence[tuple[int, in
         ax.set_xticks(range(0, v.shape[1], max(1, v.shape[1] // 9)))
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    return _done(fig)
+    return finish(fig)
 
 
 def plot_method_scatter(scores: dict[str, torch.Tensor], x: str, y: str, n_labels: int = 6, use_ranks: bool = False):
@@ -857,7 +851,7 @@ def plot_method_scatter(scores: dict[str, torch.Tensor], x: str, y: str, n_label
     ax.set_title(f"{x} vs {y}: Spearman {spearman(scores[x], scores[y]):.2f}\n"
                  "red = largest disagreement, green = agreed top heads", fontsize=9)
     fig.tight_layout()
-    return _done(fig)
+    return finish(fig)
 
 
 __all__ = [

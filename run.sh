@@ -3,7 +3,7 @@
 #
 #   ./run.sh lab              set up (first time only) and open JupyterLab on notebooks/
 #   ./run.sh test [ARGS]      set up (first time only) and run the whole test suite:
-#                             unit tests + nbval over every source notebook
+#                             unit tests + every notebook, executed once each
 #   ./run.sh setup            only set up the local virtual environment (.venv)
 #   ./run.sh bench            run every notebook headless; write benchmarks/results.{md,json}
 #   ./run.sh student          regenerate notebooks/student/ from the source notebooks
@@ -95,12 +95,16 @@ case "$cmd" in
     # The suite always runs on the offline model, whatever the network does, and
     # exercise checks raise instead of printing, so a wrong reference breaks the run.
     export MI_TUTOR_MODEL=smollm2-135m MI_TUTOR_STRICT=1 HF_HUB_OFFLINE=1
-    shopt -s nullglob
-    notebooks=(notebooks/[0-9][0-9]_*.ipynb)
-    say "unit tests + nbval over ${#notebooks[@]} source notebook(s)"
-    exec "$VENV/bin/python" -m pytest tests "${notebooks[@]}" \
-      --nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
-      --nbval-sanitize-with tests/nbval_sanitize.cfg \
+    # Each notebook is executed once (in the real browser, or headless without one; see
+    # tests/notebook_run.py), on up to two pytest-xdist workers: one per core this process may
+    # use, each kernel on one thread. MI_TUTOR_TEST_WORKERS overrides (0 = no workers).
+    workers=${MI_TUTOR_TEST_WORKERS:-$("$VENV/bin/python" -c 'from mi_tutor.env import usable_cores; print(min(2, usable_cores()))')}
+    if [ "$workers" -le 1 ]; then workers=0; fi
+    say "unit tests + every source and student notebook, once each, on $workers worker(s) (0 = in this process)"
+    # Paths among the arguments (a test file, a folder) replace the default: the whole tests/.
+    targets=(tests)
+    for arg in "$@"; do if [ -e "${arg%%::*}" ]; then targets=(); fi; done
+    exec "$VENV/bin/python" -m pytest "${targets[@]}" -n "$workers" --dist loadgroup --no-loadscope-reorder \
       -p no:cacheprovider "$@" ;;
   bench)
     setup

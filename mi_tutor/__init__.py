@@ -12,7 +12,9 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .env import setup
+from .env import pin_cpu_kernels, setup
+
+pin_cpu_kernels()  # before anything imports torch: the same numbers on every x86 CPU (env.KERNELS)
 
 __version__ = "0.1.0"
 #: Where the course lives (used by the Colab install line and badges).

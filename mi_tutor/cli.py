@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="benchmark every notebook (wall time, peak RSS)")
     b.add_argument("notebooks", nargs="*")
     b.add_argument("--out", default=None, help="output folder (default: benchmarks/)")
+    b.add_argument("--neighbour", action="store_true", help="also run beside one busy CPU-bound process (ratio)")
+    b.add_argument("--setup", action="store_true", help="also time set-up from a fresh clone")
+    b.add_argument("--suite", action="store_true", help="also run the whole suite as CI does (~30 min)")
+    b.add_argument("--no-patching", action="store_true", help="skip the patching comparison")
+    b.add_argument("--no-load", action="store_true", help="skip the model-load measurements")
     sub.add_parser("cache-model", help="build the offline model cache now")
     args = parser.parse_args(argv)
 
@@ -83,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "bench":
         from .bench import run_benchmark
 
-        run_benchmark([Path(p) for p in args.notebooks] or None, out=Path(args.out) if args.out else None)
+        run_benchmark([Path(p) for p in args.notebooks] or None, out=Path(args.out) if args.out else None,
+                      model_load=not args.no_load, patching=not args.no_patching, neighbour=args.neighbour,
+                      setup=args.setup, suite=args.suite)
     elif args.cmd == "cache-model":
         from .models import build_smollm2_cache
 

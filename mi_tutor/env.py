@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,40 @@ QUIET_ENV = {
 
 #: Environment variable that makes exercise checks raise instead of print (set by the test suite).
 STRICT_ENV = "MI_TUTOR_STRICT"
+
+#: torch's kernel set on x86. Its AVX-512 kernels round differently from its AVX2 ones, and a
+#: long training run amplifies the last bit: on an AVX-512 machine notebook 01's twin-trap
+#: accuracy came out 0.36 instead of 0.33 and notebook 02's steepest loss fall 1.57 instead
+#: of 1.60 nats (measured). Every x86 CPU of the last decade has AVX2, so asking for it gives
+#: the same numbers on every one of them (ARM machines run other kernels and may differ).
+KERNELS_ENV, KERNELS = "ATEN_CPU_CAPABILITY", "avx2"
+
+
+def _x86() -> bool:
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+def pin_cpu_kernels() -> None:
+    """Ask torch for its AVX2 kernels on x86 (see `KERNELS`), unless the user chose a kernel
+    set. Effective only before torch runs its first operation; `import mi_tutor` does it."""
+    if _x86():
+        os.environ.setdefault(KERNELS_ENV, KERNELS)
+
+
+def cpu_kernels_note() -> str | None:
+    """One line when torch runs other x86 kernels than the committed outputs were made with, else None."""
+    if not _x86():
+        return None
+    import torch
+
+    running = torch.backends.cpu.get_cpu_capability()
+    if running.upper() == KERNELS.upper() or running.upper() in ("DEFAULT", "NO AVX"):
+        return None
+    return (f"[mi_tutor] note: torch runs its {running} kernels, so numbers can differ from the saved outputs in the "
+            f"last digits. For identical numbers, restart the kernel and run the setup cell before anything imports torch "
+            f"(or set {KERNELS_ENV}={KERNELS}).")
 
 
 def quiet_environment() -> None:
@@ -182,6 +217,62 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
+THREADS_ENV = "MI_TUTOR_THREADS"
+
+
+def _busy_cores(sample_s: float) -> float | None:
+    """Cores kept busy by all processes over `sample_s` seconds, from /proc/stat (Linux);
+    None where that cannot be read. This process sleeps while sampling, so it counts ~0."""
+    def read() -> tuple[int, int]:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        ticks = [int(x) for x in fields[:8]]
+        idle = ticks[3] + ticks[4]  # idle + iowait
+        return sum(ticks), idle
+
+    try:
+        total0, idle0 = read()
+        time.sleep(sample_s)
+        total1, idle1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total1 - total0
+    if elapsed <= 0:
+        return None
+    cpus = os.cpu_count() or 1
+    return cpus * (1.0 - (idle1 - idle0) / elapsed)
+
+
+def available_cores(limit: int | None = None, sample_s: float = 0.3) -> int:
+    """Cores this process can actually get now: `usable_cores()` (quota, affinity) less the
+    cores other processes keep busy, at least 1 and at most `limit`.
+
+    A second torch thread on a core that a neighbour already keeps busy makes both slower
+    (measured: notebook 01 took 8.5x its quiet time at load 4-5 on two cores), so callers
+    that would use several threads ask this first. ``MI_TUTOR_THREADS`` overrides it.
+    Busy cores come from /proc/stat over `sample_s` seconds, else from the 1-minute load
+    average (macOS); results must not depend on the answer (callers use deterministic kernels).
+    """
+    pinned = os.environ.get(THREADS_ENV, "").strip()
+    if pinned:
+        try:
+            n = int(pinned)
+            if n < 1:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV}={pinned!r}: set it to a whole number of threads >= 1, or unset it") from None
+        return n if limit is None else min(n, limit)
+    cores = usable_cores()
+    if cores > 1:
+        busy = _busy_cores(sample_s)
+        if busy is None:
+            try:
+                busy = os.getloadavg()[0]
+            except (OSError, AttributeError):
+                busy = 0.0
+        cores = max(1, min(cores, int(cores - busy + 0.5)))
+    return cores if limit is None else max(1, min(cores, limit))
+
+
 @dataclass(frozen=True)
 class Environment:
     """What `setup()` found."""
@@ -215,6 +306,7 @@ def setup(seed: int = 0, *, threads: int | None = 1, quiet: bool = False) -> Env
     """
     quiet_environment()
     keep_circuitsvis_offline()
+    pin_cpu_kernels()
     import torch
 
     if threads is not None:
@@ -238,4 +330,7 @@ def setup(seed: int = 0, *, threads: int | None = 1, quiet: bool = False) -> Env
     )
     if not quiet:
         print(env)
+        note = cpu_kernels_note()
+        if note:
+            print(note)
     return env

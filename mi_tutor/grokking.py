@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .env import usable_cores
+from .env import available_cores
 from .models import modular_addition_model
 from .training import History, LivePlot, train
 
@@ -314,8 +314,9 @@ def train_grokking(
             use it to write files).
         keep_checkpoints: keep every checkpoint in memory (0.9 MB each in float32).
         max_seconds: stop at the first evaluation after this much wall time (long scripts).
-        threads: torch threads for this run (restored afterwards). Default: two if this
-            machine lets the process use two cores, else one. With torch's deterministic
+        threads: torch threads for this run (restored afterwards). Default: two if the
+            process can get two cores now (`env.available_cores`: quota, affinity and what
+            other processes keep busy), else one. With torch's deterministic
             kernels (switched on for the run) it is bit-for-bit the same on one and two
             threads (tested), and two are ~1.7x faster.
 
@@ -323,7 +324,7 @@ def train_grokking(
         A `GrokRun` whose model is the trained bridge (eval mode).
     """
     before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads or min(2, usable_cores()))
+    torch.set_num_threads(threads or available_cores(limit=2))
     # deterministic kernels: without them two runs on two threads already differed (and
     # differed from one thread) at step 20 (measured)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -332,6 +333,18 @@ def train_grokking(
     finally:
         torch.set_num_threads(before[0])
         torch.use_deterministic_algorithms(before[1], warn_only=True)
+
+
+def _sum_of_squares(model: torch.nn.Module) -> float:
+    """Sum of squared weights, reduced on one thread: a two-thread reduction splits the sum
+    differently on some CPUs (measured on an AMD EPYC: 984.99798 vs 984.99792 at step 20),
+    and the run's numbers must not depend on its thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return float(sum((prm.detach() ** 2).sum() for prm in model.parameters()))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _train(cfg: GrokConfig, live: bool, progress: bool, on_checkpoint, keep_checkpoints: bool, desc: str | None,
@@ -360,7 +373,7 @@ def _train(cfg: GrokConfig, live: bool, progress: bool, on_checkpoint, keep_chec
             if on_checkpoint is not None:
                 on_checkpoint(step, model)
         values = evaluate(model, tokens, labels, train_idx, test_idx)
-        values["weight_norm"] = float(sum((prm.detach() ** 2).sum() for prm in model.parameters()))
+        values["weight_norm"] = _sum_of_squares(model)
         return values
 
     stop_state: dict[str, int | None] = {"at": None}

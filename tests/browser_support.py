@@ -176,7 +176,7 @@ class JupyterLabServer:
     `start` / `stop`. `stop` ends the server and every process it spawned, by pid."""
 
     root_dir: Path
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str | None] = field(default_factory=dict)
     startup_timeout: float = 120.0
     port: int = 0
     token: str = ""
@@ -210,7 +210,11 @@ class JupyterLabServer:
             JUPYTER_PLATFORM_DIRS="1",
             PYTHONUNBUFFERED="1",
         )
-        env.update(self.env)
+        for key, value in self.env.items():  # None removes a variable
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         bindir = Path(sys.executable).parent
         cmd = [
             str(bindir / "jupyter"), "lab",
@@ -735,6 +739,8 @@ FIXTURE_EXERCISE = "browser_fixture_double"
 _FIXTURE_CELLS = [
     ("markdown", "# 00 · Browser fixture\nA tiny notebook made by `tests/browser_support.py`: two explorers and one exercise."),
     ("code", 'from mi_tutor import setup; env = setup()'),
+    ("code", '# NBVAL_CHECK_OUTPUT\nimport time\nt0 = time.perf_counter()\nprint("fixture sum:", sum(range(5)))\n'
+             'print(f"took {time.perf_counter() - t0:.4f} s")'),
     ("code", '''import numpy as np
 import matplotlib.pyplot as plt
 from mi_tutor.widgets import Explorer, slider, dropdown
@@ -799,6 +805,22 @@ def write_fixture_course(root: Path) -> tuple[Path, Path]:
 
 
 BROKEN_NAME = "01_browser_broken.ipynb"
+MISMATCH_NAME = "02_browser_mismatch.ipynb"
+
+
+def write_mismatch_notebook(root: Path) -> Path:
+    """A notebook whose run must be rejected by the output comparison and the network guard:
+    its checked cell's committed output is wrong, and its kernel tries to resolve a host."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    checked = nbformat.v4.new_code_cell('# NBVAL_CHECK_OUTPUT\nprint("two and two make", 2 + 2)')
+    checked.outputs = [nbformat.v4.new_output("stream", name="stdout", text="two and two make 5\n")]
+    phone = nbformat.v4.new_code_cell('import socket\ntry:\n    socket.getaddrinfo("telemetry.invalid", 443)\n'
+                                      'except OSError as e:\n    print("refused:", type(e).__name__)')
+    nb.cells = [checked, phone]
+    path = root / MISMATCH_NAME
+    nbformat.write(nb, str(path))
+    return path
 
 
 def write_broken_notebook(root: Path) -> Path:

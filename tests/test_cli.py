@@ -49,11 +49,22 @@ def test_benchmark_table_says_which_budgets_are_met():
                                   "max_abs_diff_exact": 1e-5, "attribution_correlation": 0.9}}}
     md = bench.to_markdown(results)
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| notebook")}
-    assert rows["notebook 00_a"].rstrip(" |").endswith("met")
+    cells = lambda name: [c.strip() for c in rows[name].strip(" |").split("|")]  # noqa: E731
+    assert cells("notebook 00_a")[6] == "met" and cells("notebook 00_a")[7:] == ["-", "-"]
     assert "MISSED" in rows["notebook 03_b"]          # 200 s > 180 s
     assert "MISSED" in rows["notebook 04_c"]          # 1.6 GB > 1.5 GB
     assert "ERROR" in rows["notebook 06_d"]
     assert "| 1 | 60.0 | 15.0 | 6.0 | 4.0 | 0.50 | 10.0x | 15.0x | 120x |" in md
+    # beside a busy process: the ratio to the quiet run, and the suite's parts
+    results["notebooks_beside_busy"] = {"00_a": {"wall_s": 45.0, "error": None}, "03_b": {"error": "boom"}}
+    results["suite"] = {"quiet": {"wall_s": 1500.0, "exit_status": 0, "pytest": "433 passed",
+                                  "recorded": {"workers": 2, "loadavg_end": "1.0",
+                                               "parts": {"unit tests": {"seconds": 300.0, "tests": 400}}}}}
+    md2 = bench.to_markdown(results)
+    rows = {line.split("|")[1].strip(): line for line in md2.splitlines() if line.startswith("| notebook")}
+    assert cells("notebook 00_a")[7:] == ["45.0", "1.50x"] and cells("notebook 03_b")[7:] == ["ERROR", "-"]
+    assert "The suite as CI runs it (quiet): 25.0 min wall" in md2 and "| unit tests | 300 | 400 |" in md2
+    del results["notebooks_beside_busy"], results["suite"]
     # a results file from before the fast engine existed still renders
     del results["patching"]["1"]["fast_llama_s"], results["patching"]["1"]["speedup_fast_llama"]
     assert "| 1 | 60.0 | 15.0 | 6.0 | - | 0.50 | 10.0x | - | 120x |" in bench.to_markdown(results)

@@ -1,17 +1,13 @@
 """Offline and no telemetry: with every network connection refused and recorded, the offline
-model loads, `auto` says it chose the offline model, and a whole notebook runs without
-attempting a single connection (not circuitsvis's ping, not the hub, not wandb)."""
+model loads and `auto` says it chose the offline model. Every notebook the suite executes
+also runs its kernel under this guard and must attempt no connection at all (not
+circuitsvis's ping, not the hub, not wandb): see `notebook_run` and `test_browser.py`."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-import nbformat
-import pytest
-
-from mi_tutor.notebooks import source_notebooks
 
 GUARD = Path(__file__).parent / "netguard"
 
@@ -63,32 +59,3 @@ def test_auto_mode_says_it_chose_the_offline_model(tmp_path):
     assert "smollm2-135m" in line and "unreachable" in line and "offline model" in line
     # the only attempt allowed is auto's own reachability probe of the hub
     assert all("huggingface.co" in a for a in attempts(log)), attempts(log)
-
-
-def _notebook_to_run() -> Path | None:
-    """The first source notebook that loads the language model and draws circuitsvis views."""
-    paths = source_notebooks()
-    def uses(p, *needles):
-        text = p.read_text()
-        return all(n in text for n in needles)
-    for needles in (("load_lm", "attention_view"), ("load_lm",), ()):
-        for p in paths:
-            if uses(p, *needles):
-                return p
-    return None
-
-
-def test_a_whole_notebook_runs_with_the_network_refused(tmp_path):
-    from nbclient import NotebookClient
-
-    path = _notebook_to_run()
-    if path is None:
-        pytest.skip("no notebooks yet")
-    log = tmp_path / "net.log"
-    nb = nbformat.read(str(path), as_version=4)
-    env = guarded_env(log, MI_TUTOR_MODEL="smollm2-135m", MI_TUTOR_STRICT="1")
-    client = NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
-    client.execute(env=env)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
-    assert attempts(log) == [], f"{path.name} attempted network connections: {attempts(log)}"

@@ -42,7 +42,7 @@ def doctor(check_hub: bool = True) -> dict:
     reach = hub_reachable() if check_hub else None
     report["hub_reachable"] = reach
     report["gpt2"] = "cached" if gpt2_cached() else ("downloadable" if reach else "unavailable offline")
-    report["model_pin"] = os.environ.get(MODEL_ENV, "(none: auto)")
+    report["model_pin"] = os.environ.get(MODEL_ENV, "(none: auto = smollm2-135m, the tested model)")
     width = max(map(len, report))
     for k, v in report.items():
         print(f"{k:<{width}}  {v}")

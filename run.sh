@@ -20,7 +20,8 @@ STAMP="$VENV/.mi_tutor_setup_stamp"
 say() { printf '[mi-tutor] %s\n' "$*"; }
 
 find_python() {
-  for cand in ${MI_TUTOR_PYTHON:-} python3.13 python3.12 python3.11 python3; do
+  # The lock (constraints.txt) was made on 3.11: prefer it, then newer ones.
+  for cand in ${MI_TUTOR_PYTHON:-} python3.11 python3.12 python3.13 python3; do
     if command -v "$cand" >/dev/null 2>&1 &&
        "$cand" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
       command -v "$cand"; return 0
@@ -75,6 +76,10 @@ LOCK=$ROOT/constraints.txt
 # On macOS: the torch pin is dropped (2.13.0 has wheels only for macOS 14+ on Apple
 # Silicon), so pip installs the newest torch the platform has, within pyproject's floor.
 constraints_for_platform() {
+  if [ "$(uname -s)" = "Darwin" ] && [ "$(uname -m)" = "x86_64" ]; then
+    say "Intel Macs are not supported: TransformerLens 4 needs torch >= 2.6, and PyTorch's last Intel-Mac build is 2.2. Use Colab or Binder (README, 'Running elsewhere')." >&2
+    exit 1
+  fi
   if [ "$(uname -s)" = "Darwin" ]; then
     grep -v '^torch==' "$LOCK" > "$VENV/.constraints-macos.txt"
     echo "$VENV/.constraints-macos.txt"

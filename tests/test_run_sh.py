@@ -87,3 +87,36 @@ def test_the_setup_stamp_covers_the_lock():
     text = RUN_SH.read_text()
     setup = text[text.index("setup() {"):]
     assert "cat pyproject.toml run.sh constraints.txt" in setup.split("\n}\n")[0]
+
+
+def constraints_on(tmp_path: Path, system: str, machine: str) -> subprocess.CompletedProcess:
+    """run.sh's constraints_for_platform under a fake `uname` (macOS cannot be run here)."""
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir(exist_ok=True)
+    uname = fakebin / "uname"
+    uname.write_text(f'#!/usr/bin/env bash\nif [ "${{1:-}}" = -m ]; then echo {machine}; else echo {system}; fi\n')
+    uname.chmod(0o755)
+    venv = tmp_path / "venv"
+    venv.mkdir(exist_ok=True)
+    env = dict(os.environ, MI_TUTOR_VENV=str(venv), PATH=f"{fakebin}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(["bash", "-c", f'source "{RUN_SH}" && constraints_for_platform'],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_linux_installs_the_lock_as_is(tmp_path):
+    r = constraints_on(tmp_path, "Linux", "x86_64")
+    assert r.returncode == 0 and r.stdout.strip() == str(ROOT / "constraints.txt")
+
+
+def test_apple_silicon_drops_only_the_torch_pin(tmp_path):
+    r = constraints_on(tmp_path, "Darwin", "arm64")
+    assert r.returncode == 0, r.stderr
+    lock = (ROOT / "constraints.txt").read_text().splitlines()
+    mac = Path(r.stdout.strip()).read_text().splitlines()
+    assert [l for l in lock if l not in mac] == ["torch==2.13.0"]
+
+
+def test_intel_macs_are_refused_in_one_line(tmp_path):
+    r = constraints_on(tmp_path, "Darwin", "x86_64")
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "Intel Macs are not supported" in r.stderr and "Colab" in r.stderr

@@ -64,7 +64,7 @@ def _checkout(cmd: str) -> Path | None:
         return root
     print(f"mi-tutor {cmd} needs a checkout of the repository (its notebooks/ folder), but this mi_tutor "
           f"is installed at {Path(__file__).resolve().parent}. Run it in a clone: "
-          f"git clone {REPO_URL} && cd {REPO_URL.rstrip('/').rsplit('/', 1)[-1]} && ./run.sh {cmd}",
+          f"git clone {REPO_URL} && cd {REPO_URL.rstrip('/').rsplit('/', 1)[-1]} && ./run.sh setup && .venv/bin/mi-tutor {cmd}",
           file=sys.stderr)
     return None
 

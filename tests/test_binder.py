@@ -1,8 +1,12 @@
-"""Binder installs the lock's versions once, the package without its deps, and the tested model."""
+"""Binder installs the lock's versions in a cached layer, the package without its deps, and the tested model."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
+
+import colab_resolution as cr
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -16,16 +20,23 @@ def requirement_lines() -> list[str]:
     return [l for l in lines if l]
 
 
-def test_binder_requirements_are_the_package_dependencies_under_the_lock():
+def test_binder_requirements_are_the_package_closure_at_the_lock_versions():
     lines = requirement_lines()
-    assert "-c ../constraints.txt" in lines
-    assert not any(l.startswith(("-e", ".")) for l in lines), "installing the package here reinstalls torch on every commit"
-    names = {canonicalize_name(Requirement(l).name) for l in lines if not l.startswith("-")}
+    local = [l for l in lines if l.startswith(("-c", "-r", "-e", "--constraint", "--requirement", "--editable", "."))]
+    assert local == [], f"repo2docker re-installs everything on every commit when requirements reference local files: {local}"
+    pins = {canonicalize_name(Requirement(l).name): str(Requirement(l).specifier) for l in lines if not l.startswith("-")}
+    lock = {n: f"=={v}" for n, v in cr.lock_versions().items()}
+    assert {n: s for n, s in pins.items() if lock.get(n) != s} == {}, "binder/requirements.txt disagrees with constraints.txt"
     declared = {canonicalize_name(Requirement(r).name)
                 for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
-    assert names == declared, f"binder/requirements.txt differs from pyproject: {names ^ declared}"
-    pinned = [l for l in lines if not l.startswith("-") and str(Requirement(l).specifier)]
-    assert pinned == [], f"versions belong in constraints.txt, not here: {pinned}"
+    assert declared <= set(pins), f"not installed on Binder: {declared - set(pins)}"
+    assert pins["torch"] == "==2.13.0" and "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+
+
+def test_binder_requirements_are_regenerated_from_the_lock():
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "binder_requirements.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_postbuild_installs_without_deps_and_builds_the_model_cache():

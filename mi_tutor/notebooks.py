@@ -166,13 +166,45 @@ def _is_circuitsvis(output: dict) -> bool:
     return "circuits-vis" in html or "CircuitsVis" in html
 
 
+#: tqdm's text form: "desc:  37%|###7      | 111/300 [00:01<00:02, 90.1it/s]"
+PROGRESS_RE = re.compile(r"^.*\d+%\|.*\|\s*\d+/\d+\s*\[[^\]]*\]\s*$", re.S)
+
+
+def is_progress_bar(output: dict) -> bool:
+    """True for a saved tqdm bar (a widget view whose text form is a bar, or bar text on stderr)."""
+    if output.get("output_type") in ("display_data", "execute_result"):
+        data = output.get("data", {})
+        if set(data) - {"application/vnd.jupyter.widget-view+json", "text/plain"}:
+            return False  # an Explorer carries a PNG: keep it
+        text = data.get("text/plain", "")
+    elif output.get("output_type") == "stream" and output.get("name") == "stderr":
+        text = output.get("text", "")
+    else:
+        return False
+    text = "".join(text) if isinstance(text, list) else text
+    return bool(text) and all(PROGRESS_RE.match(line) for line in text.replace("\r", "\n").splitlines() if line.strip())
+
+
+def strip_progress_bars(nb: nbformat.NotebookNode) -> int:
+    """Drop saved progress bars (a stale "0%" in every static view); returns how many."""
+    n = 0
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            kept = [o for o in cell.get("outputs", []) if not is_progress_bar(o)]
+            n += len(cell.outputs) - len(kept)
+            cell.outputs = kept
+    return n
+
+
 def slim_outputs(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """Drop outputs that bloat committed notebooks or never reproduce.
 
     circuitsvis inlines a 1.3 MB JS bundle per view (offline) and random div ids; those
     outputs are replaced by a short note. Widget views stay (they are tiny) but their
-    saved widget state is dropped.
+    saved widget state is dropped. Progress bars are dropped (`execute_and_save` also runs
+    the kernel with TQDM_DISABLE=1, so they are not drawn in the first place).
     """
+    strip_progress_bars(nb)
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -207,7 +239,9 @@ def execute_notebook(path: Path, timeout: int = 1200, env: dict | None = None) -
 
 def execute_and_save(path: Path, timeout: int = 1200) -> Path:
     """Execute a source notebook, slim its outputs, write it back, regenerate its student version."""
-    nb = execute_notebook(path, timeout=timeout, env={"MI_TUTOR_STRICT": "1", "MI_TUTOR_MODEL": "smollm2-135m"})
+    # TQDM_DISABLE: saved outputs carry no progress bars (a learner's live run still draws them).
+    nb = execute_notebook(path, timeout=timeout,
+                          env={"MI_TUTOR_STRICT": "1", "MI_TUTOR_MODEL": "smollm2-135m", "TQDM_DISABLE": "1"})
     slim_outputs(nb)
     nbformat.write(nb, str(path))
     dst = student_path(path)

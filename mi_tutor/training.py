@@ -9,6 +9,7 @@ static figure afterwards (which is also what nbval and a PDF export see).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -169,7 +170,10 @@ def train(
     history = history or History()
     live_every = live_every or eval_every * 4
     t0 = time.perf_counter()
-    bar = tqdm(range(start_step, start_step + n_steps), desc=desc, disable=not progress, leave=False,
+    # TQDM_DISABLE=1 (set by `mi-tutor execute` when outputs are saved for committing) hides the
+    # bar; tqdm itself only honours it when `disable` is not passed, as it is here.
+    hidden = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+    bar = tqdm(range(start_step, start_step + n_steps), desc=desc, disable=not progress or hidden, leave=False,
                mininterval=0.5)
     last_loss = float("nan")
     for step in bar:

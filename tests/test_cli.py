@@ -68,3 +68,47 @@ def test_benchmark_table_says_which_budgets_are_met():
     # a results file from before the fast engine existed still renders
     del results["patching"]["1"]["fast_llama_s"], results["patching"]["1"]["speedup_fast_llama"]
     assert "| 1 | 60.0 | 15.0 | 6.0 | - | 0.50 | 10.0x | - | 120x |" in bench.to_markdown(results)
+
+
+def _demo_checkout(tmp_path, monkeypatch):
+    (tmp_path / "notebooks").mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTION\n"),
+                nbformat.v4.new_code_cell('check("f", f)')]
+    src = tmp_path / "notebooks" / "98_demo.ipynb"
+    nbformat.write(nb, str(src))
+    monkeypatch.setattr(notebooks, "repo_root", lambda: tmp_path)
+    return src, nb
+
+
+def test_student_check_exits_nonzero_when_a_student_notebook_is_stale(tmp_path, monkeypatch, capsys):
+    src, nb = _demo_checkout(tmp_path, monkeypatch)
+    assert cli.main(["student", "--check"]) == 1                    # never generated
+    assert "notebooks/student/98_demo.ipynb" in capsys.readouterr().err
+    assert not (tmp_path / "notebooks" / "student").exists()        # --check writes nothing
+    assert cli.main(["student"]) == 0
+    assert cli.main(["student", "--check"]) == 0
+    nb.cells[0].source = nb.cells[0].source.replace("42", "43")     # a solution-only edit: students unchanged
+    nbformat.write(nb, str(src))
+    assert cli.main(["student", "--check"]) == 0
+    nb.cells.append(nbformat.v4.new_markdown_cell("New section."))  # edit the source, forget to regenerate
+    nbformat.write(nb, str(src))
+    capsys.readouterr()
+    assert cli.main(["student", "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "out of date" in err and "mi-tutor student" in err
+
+
+def test_student_check_passes_on_this_checkout():
+    r = subprocess.run([sys.executable, "-m", "mi_tutor.cli", "student", "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_checkout_commands_say_so_when_run_from_an_installed_wheel(tmp_path, monkeypatch, capsys):
+    # Installed from a wheel, repo_root() is site-packages: no notebooks/ beside the package.
+    monkeypatch.setattr(notebooks, "repo_root", lambda: tmp_path)
+    for cmd in (["student"], ["student", "--check"], ["execute"], ["bench"]):
+        assert cli.main(cmd) == 2, cmd
+        err = capsys.readouterr().err
+        assert f"mi-tutor {cmd[0]} needs a checkout" in err and "git clone https://github.com/mi-tutor/mi_tutor" in err
+        assert len(err.strip().splitlines()) == 1

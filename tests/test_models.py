@@ -24,18 +24,27 @@ def test_env_var_pins_the_choice(monkeypatch):
     assert name == "smollm2-135m" and "pinned by MI_TUTOR_MODEL" in why
 
 
-def test_auto_falls_back_to_offline_model_and_says_why(monkeypatch):
+@pytest.mark.parametrize("cached,reachable", [(False, False), (True, True), (False, True)])
+def test_auto_is_the_tested_model_whatever_the_network_does(monkeypatch, cached, reachable):
+    # What a learner sees online (Colab, Binder) must be what CI tested offline.
     monkeypatch.delenv(models.MODEL_ENV, raising=False)
-    monkeypatch.setattr(models, "gpt2_cached", lambda: False)
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=1.5: False)
-    name, why = models.resolve_lm_name("auto")
-    assert name == "smollm2-135m"
-    assert "unreachable" in why and "offline" in why
+    monkeypatch.setattr(models, "gpt2_cached", lambda: cached)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=1.5: reachable)
+    for name in ("auto", None):
+        resolved, why = models.resolve_lm_name(name)
+        assert resolved == models.TESTED_LM == "smollm2-135m"
+        assert "tested" in why and "load_lm('gpt2')" in why
 
 
-def test_auto_prefers_gpt2_when_cached(monkeypatch):
-    monkeypatch.setattr(models, "gpt2_cached", lambda: True)
-    assert models.resolve_lm_name("auto")[0] == "gpt2"
+def test_gpt2_is_opt_in_and_its_line_says_what_was_validated(monkeypatch):
+    monkeypatch.setenv(models.MODEL_ENV, "gpt2")
+    name, why = models.resolve_lm_name()
+    assert name == "gpt2" and "pinned by MI_TUTOR_MODEL" in why
+    assert "validated on smollm2-135m" in why and "paper's GPT-2" in why
+    name, why = models.resolve_lm_name("gpt2")
+    assert name == "gpt2" and "validated on smollm2-135m" in why
+    info = models.LoadInfo(name="gpt2", reason=why, source="the Hugging Face hub", seconds=1.0, n_layers=12, n_heads=12)
+    assert "\n" not in info.line() and "validated on smollm2-135m" in info.line()
 
 
 def test_gpt2_offline_fails_fast_with_instructions(monkeypatch):

@@ -171,8 +171,17 @@ def _attn_cases(rng):
     return cases
 
 
+def _attn_edge_cases():
+    """A non-causal pattern (every key has weight), so reading a column instead of a row shows."""
+    rng = np.random.default_rng(7)
+    pat = torch.tensor(rng.random((3, 2, 6, 6)), dtype=torch.float32)
+    pat = pat / pat.sum(-1, keepdim=True)
+    return [((pat, torch.tensor([1, 2, 0]), torch.tensor([3, 0, 4])), {})]
+
+
 register(Exercise(
     name="io_minus_s_attention", notebook=NB, reference=io_minus_s_attention, cases=_attn_cases,
+    edge_cases=_attn_edge_cases,
     hints=["The query is the final token: pattern[:, :, -1, :] is [batch, head, key].",
            "Each prompt has its own positions: index the key axis with io_pos[b] for prompt b.",
            "Subtract the attention to S2 from the attention to IO and average over prompts: [head]."],

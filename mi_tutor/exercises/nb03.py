@@ -63,7 +63,7 @@ def _patch_cases(rng):
 
 
 register(Exercise(
-    name="patch_head", notebook=NB, reference=patch_head, cases=_patch_cases,
+    name="patch_head", notebook=NB, reference=patch_head, returns_copy=True, cases=_patch_cases,
     hints=["hook_z has shape [batch, pos, head, d_head]: the head is axis 2, not axis 1.",
            "Clone first (out = z.clone()), then replace out[:, :, head] with the source's values.",
            "Leave every other head as it was in the target run."],
@@ -135,7 +135,7 @@ def _keep_cases(rng):
 
 
 register(Exercise(
-    name="keep_circuit_heads", notebook=NB, reference=keep_circuit_heads, cases=_keep_cases,
+    name="keep_circuit_heads", notebook=NB, reference=keep_circuit_heads, returns_copy=True, cases=_keep_cases,
     hints=["Heads IN the circuit keep their own output; only the others are replaced.",
            "The ABC mean is per position ([pos, head, d_head]): broadcast it over the batch, not over positions.",
            "out = z.clone(); out[:, :, ~keep] = abc_mean[None, :, ~keep]"],

@@ -44,6 +44,7 @@ register(Exercise(
     name="resample_ablate_head",
     notebook=NB,
     reference=A.resample_head,
+    returns_copy=True,
     cases=lambda rng: [_resample_case(rng, 4, 5, 3, 2), _resample_case(rng, 6, 3, 4, 3), _resample_case(rng, 3, 7, 2, 4)],
     hints=[
         "Prompt i takes the head's output of prompt perm[i]: index the BATCH axis (axis 0) with perm.",

@@ -121,6 +121,8 @@ def _real_number(got: Any) -> float | None:
 
 def compare_values(got: Any, want: Any, rtol: float = 1e-4, atol: float = 1e-5, where: str = "the result") -> str | None:
     """None if `got` matches `want` (recursively, within tolerance), else a sentence saying how it differs."""
+    if got is None and want is not None:
+        return f"{where} is None: did the function forget to `return` it?"
     if isinstance(want, torch.Tensor):
         problem = _tensor_type_problem(got, want, where)
         if problem:
@@ -180,7 +182,7 @@ def _short(x: Any) -> str:
         text = repr(x)
     except Exception:
         text = f"a {type(x).__name__}"
-    return text if len(text) <= 60 else f"a {type(x).__name__}"
+    return text if len(text) <= 60 and not text.startswith("<") else f"a {type(x).__name__}"
 
 
 def same_inputs(before: Any, after: Any) -> bool:

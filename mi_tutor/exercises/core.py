@@ -316,7 +316,7 @@ def _run(name: Any, fn: Any, hint_level: Any) -> CheckResult:
         want = ex.reference(*copy.deepcopy(args), **copy.deepcopy(kwargs))
         problem = _safe_differ(ex, got, want)
         if problem:
-            kind = "type" if (" the task asks for " in problem or "expected a" in problem) else "wrong"
+            kind = "type" if any(w in problem for w in (" the task asks for ", "expected a", " is None: ")) else "wrong"
             mistake = _matching_mistake(ex, cases, outputs)
             return _failure(ex, f"on inputs {describe_inputs(args, kwargs)}, {problem}", mistake, hint_level, kind)
     return CheckResult(ex.name, True, f"✔ {ex.name}: correct on {n_fresh} fresh inputs.")

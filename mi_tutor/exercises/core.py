@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -345,9 +347,23 @@ def check(name: str, fn: Callable[..., Any], hint_level: int = 0) -> None:
     for the `CheckResult`.
     """
     result = run_check(name, fn, hint_level)
+    _log_for_grading(result)
     if not result.passed and strict_checks():
         raise ExerciseFailed(result.message)
     print(result.message)
+
+
+def _log_for_grading(result: CheckResult) -> None:
+    """Append the verdict to $MI_TUTOR_GRADE_LOG (set by ``mi-tutor grade``); silent if it cannot."""
+    path = os.environ.get("MI_TUTOR_GRADE_LOG")
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"exercise": result.name, "passed": result.passed, "kind": result.kind,
+                                "reason": result.message.splitlines()[0]}) + "\n")
+    except OSError:
+        pass
 
 
 def hints(name: str, level: int | None = None) -> None:

@@ -354,3 +354,106 @@ def test_a_mistake_is_named_only_if_it_matches_on_every_input():
         return -out if len(calls) == 1 else out
     result = exercises.run_check("logit_difference", flipped_once)
     assert not result.passed and result.mistake is None
+
+
+# ---------------------------------------------------------------- realistic wrong solutions, as learners write them
+
+def _topk_tuple(acts, k):
+    return acts.topk(k, dim=0)
+
+
+def _ls_float32(x, y):
+    return _ls(x, y).astype(np.float32)
+
+
+def _fourier_sin_first(p):
+    b = _fourier(p)
+    out = b.clone()
+    out[1::2], out[2::2] = b[2::2], b[1::2]
+    return out
+
+
+def _ld_wrong_index(logits, io, s):
+    return logits[:, -1][io][:, 0] - logits[:, -1][s][:, 0]
+
+
+def _kl_batchmean(clean, ablated):
+    return F.kl_div(ablated.log_softmax(-1), clean.softmax(-1), reduction="batchmean")
+
+
+def _split_tuple(ld_clean, ld_ablated, dla_clean, dla_ablated, head):
+    return tuple(_split(ld_clean, ld_ablated, dla_clean, dla_ablated, head).tolist())
+
+
+def _proj_numpy_rng(G, k, seed=0):
+    R = torch.tensor(np.random.default_rng(seed).normal(size=(G.shape[1], k)), dtype=G.dtype)
+    return G @ R / math.sqrt(k)
+
+
+def _induction_off_by_one(pattern, half_len, start=0):
+    q = torch.arange(start + half_len, start + 2 * half_len)
+    return pattern[..., q, q - half_len].mean(-1)
+
+
+def _mse_loss(h, h_hat, z, l1_coeff):
+    return F.mse_loss(h_hat, h) + l1_coeff * z.abs().sum(-1).mean()
+
+
+def _grads_times_n(W, X, y):
+    Wg = W.clone().requires_grad_(True)
+    F.cross_entropy(X @ Wg.T, y, reduction="sum").backward()
+    return Wg.grad.expand(len(X), *W.shape).clone()
+
+
+def _prev_sum(pattern):
+    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).sum(-1)
+
+
+def _mean_unit_overall(hidden, unit):
+    out = hidden.clone()
+    out[:, unit] = hidden.mean()
+    return out
+
+
+def _sigmoid_mask(pre, r):
+    g = torch.sigmoid(pre)
+    return g, g + (1 - g) * r
+
+
+def _zero_keep(z, abc_mean, keep):
+    out = z.clone()
+    out[:, :, ~keep] = 0
+    return out
+
+
+#: (exercise, wrong solution, a phrase of the named mistake, or None when no known mistake fits)
+REALISTIC_WRONG = [
+    ("max_activating_inputs", _topk_tuple, None),
+    ("least_squares", _ls_float32, None),
+    ("fourier_basis", _fourier_sin_first, None),
+    ("logit_difference", _ld_wrong_index, None),
+    ("control_kl", _kl_batchmean, "reduction='batchmean'"),
+    ("split_total_effect", _split_tuple, None),
+    ("random_projection", _proj_numpy_rng, None),
+    ("induction_score", _induction_off_by_one, "duplicate-token"),
+    ("sae_loss", _mse_loss, "F.mse_loss"),
+    ("per_example_grads", _grads_times_n, None),
+    ("previous_token_score", _prev_sum, None),
+    ("mean_ablate_unit", _mean_unit_overall, None),
+    ("causal_importance_mask", _sigmoid_mask, "smooth sigmoid"),
+    ("keep_circuit_heads", _zero_keep, "zero ablation"),
+    ("mean_ablate_unit", _inplace_mean_unit, "in place"),
+    ("patch_head", _inplace_patch, "in place"),
+]
+
+
+@pytest.mark.parametrize("name,fn,named", REALISTIC_WRONG, ids=[f"{n}:{f.__name__}" for n, f, _ in REALISTIC_WRONG])
+def test_a_realistic_wrong_solution_fails_and_is_named_only_if_it_fits(name, fn, named):
+    result = exercises.run_check(name, fn)
+    assert not result.passed, f"{fn.__name__} passes the check of {name}"
+    if named is None:
+        assert result.mistake is None, result.message
+        assert "on inputs (" in result.message  # says on which input it differs
+    else:
+        assert result.mistake and named in result.mistake, result.message
+    assert "Hint:" in result.message

@@ -74,6 +74,11 @@ def _kl_raw_logits(clean, ablated):
     return (p * (clean - ablated)).sum(-1).mean()
 
 
+def _kl_batchmean(clean, ablated):
+    return torch.nn.functional.kl_div(ablated.log_softmax(-1), clean.log_softmax(-1), log_target=True,
+                                      reduction="batchmean")
+
+
 def _kl_mean_over_vocab(clean, ablated):
     p, q = clean.log_softmax(-1), ablated.log_softmax(-1)
     return (p.exp() * (p - q)).mean(-1).mean()
@@ -93,6 +98,8 @@ register(Exercise(
         Mistake("you used the raw logits as log-probabilities (no log_softmax), so a constant shift changes the answer",
                 _kl_raw_logits),
         Mistake("you averaged over the vocabulary instead of summing over it", _kl_mean_over_vocab),
+        Mistake("you used F.kl_div(..., reduction='batchmean'): it divides by the batch size only, so positions are "
+                "summed; average over prompts AND positions", _kl_batchmean),
     ],
 ))
 

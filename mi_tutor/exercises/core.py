@@ -33,7 +33,7 @@ import numpy as np
 
 from ..env import strict_checks
 from .compare import compare_values, is_trivial, same_inputs
-from .limits import CheckTimeout, call_with_limit, is_library_file, raising_function, timeout_seconds
+from .limits import CheckTimeout, call_with_limit, is_library_file, timeout_seconds
 
 Case = tuple[tuple, dict]
 
@@ -179,29 +179,43 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
+def _learner_frames(fn: Callable, tb: Any) -> list[Any]:
+    """The code objects of the traceback from `fn`'s own frame inwards (all frames if `fn` has no code)."""
+    codes = []
+    while tb is not None:
+        codes.append(tb.tb_frame.f_code)
+        tb = tb.tb_next
+    own = getattr(fn, "__code__", None)
+    if own is not None and own in codes:
+        return codes[codes.index(own):]
+    return codes
+
+
 def _not_implemented(ex: Exercise, fn: Callable, e: NotImplementedError, where: str) -> CheckResult:
     """A stub ("not written yet"), an unfinished earlier exercise it calls, or a library limitation."""
     name = ex.name
-    raiser = raising_function(e.__traceback__)
-    own = getattr(fn, "__name__", None)
-    code = getattr(fn, "__code__", None)
-    if raiser is None or raiser[0] == own or (code is not None and raiser[1] == code.co_filename and raiser[0] == code.co_name):
+    codes = _learner_frames(fn, e.__traceback__)
+    innermost = codes[-1] if codes else None
+    if innermost is not None and is_library_file(innermost.co_filename):
+        msg = _first_line(e)
+        return _failure(ex, f"your function raised NotImplementedError inside `{innermost.co_name}`"
+                            + (f": {msg}" if msg else "") + f" on inputs {where}", None, 0, "error")
+    own = getattr(fn, "__code__", None)
+    called = [c for c in codes[1:] if not c.co_name.startswith("<") and not is_library_file(c.co_filename)
+              and "mi_tutor" not in c.co_filename] if own is not None and codes and codes[0] is own else []
+    if not called:
         return CheckResult(
             name, False,
             f"`{name}` is not written yet: replace `raise NotImplementedError()` with your code, then run this cell again.",
             not_implemented=True, kind="not_implemented",
         )
-    func, filename = raiser
-    if not is_library_file(filename):
-        return CheckResult(
-            name, False,
-            f"✘ {name}: your function calls `{func}`, which is not written yet (it raises NotImplementedError): "
-            f"finish `{func}` first (run its cell), or use mi_tutor's own version.",
-            kind="dependency",
-        )
-    msg = _first_line(e)
-    return _failure(ex, f"your function raised NotImplementedError inside `{func}`"
-                        + (f": {msg}" if msg else "") + f" on inputs {where}", None, 0, "error")
+    func = called[-1].co_name
+    return CheckResult(
+        name, False,
+        f"✘ {name}: your function calls `{func}`, which is not written yet (it raises NotImplementedError): "
+        f"finish `{func}` first (run its cell), or use mi_tutor's own version.",
+        kind="dependency",
+    )
 
 
 def _run_learner(ex: Exercise, fn: Callable, args: tuple, kwargs: dict, hint_level: int) -> tuple[Any, CheckResult | None]:

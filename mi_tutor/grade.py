@@ -30,7 +30,7 @@ from pathlib import Path
 
 import nbformat
 
-from .notebooks import CHECK_RE, find_exercises, source_notebooks
+from .notebooks import find_exercises, source_notebooks
 
 #: Seconds a whole submission may run (the course's heaviest notebook takes ~3 min on a laptop).
 DEFAULT_TIMEOUT = 900

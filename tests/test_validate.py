@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mi_tutor import circuits, interventions as iv
+from mi_tutor import circuits
+from mi_tutor import interventions as iv
 from mi_tutor.models import attn_only_model
 from mi_tutor.validate import InstrumentError
 

@@ -19,10 +19,6 @@ import numpy as np
 import torch
 
 
-def _dtype_name(t: Any) -> str:
-    return str(t.dtype).replace("torch.", "torch.") if hasattr(t, "dtype") else type(t).__name__
-
-
 def _tensor_type_problem(got: Any, want: torch.Tensor, where: str) -> str | None:
     if not isinstance(got, torch.Tensor):
         if isinstance(got, np.ndarray):

@@ -26,8 +26,9 @@ import difflib
 import inspect
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +38,20 @@ from .limits import CheckTimeout, call_with_limit, is_library_file, timeout_seco
 
 Case = tuple[tuple, dict]
 
-__all__ = ["Case", "CheckResult", "Exercise", "ExerciseFailed", "Mistake", "REGISTRY", "check",
-           "compare_values", "describe_inputs", "hints", "register", "run_check"]
+__all__ = [
+    "REGISTRY",
+    "Case",
+    "CheckResult",
+    "Exercise",
+    "ExerciseFailed",
+    "Mistake",
+    "check",
+    "compare_values",
+    "describe_inputs",
+    "hints",
+    "register",
+    "run_check",
+]
 
 
 class ExerciseFailed(AssertionError):

@@ -18,10 +18,8 @@ import signal
 import sys
 import threading
 import time
-import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import TracebackType
-from typing import Callable, Iterator
 
 #: Seconds a learner's function may run on one input before the check stops it.
 DEFAULT_TIMEOUT = 10.0
@@ -53,7 +51,7 @@ def _can_use_alarm() -> bool:
 def time_limit(seconds: float) -> Iterator[None]:
     """Raise `CheckTimeout` in the running code once `seconds` have passed."""
     if _can_use_alarm():
-        def on_alarm(signum, frame):  # noqa: ARG001
+        def on_alarm(signum, frame):
             raise CheckTimeout()
 
         previous = signal.signal(signal.SIGALRM, on_alarm)
@@ -67,7 +65,7 @@ def time_limit(seconds: float) -> Iterator[None]:
     deadline = time.monotonic() + seconds
     old_trace = sys.gettrace()
 
-    def tracer(frame, event, arg):  # noqa: ARG001
+    def tracer(frame, event, arg):
         if time.monotonic() > deadline:
             raise CheckTimeout()
         return tracer
@@ -87,15 +85,6 @@ def call_with_limit(fn: Callable, args: tuple, kwargs: dict, seconds: float | No
 
 _LIBRARY_MARKERS = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep,
                     os.sep + "lib" + os.sep + "python")
-
-
-def raising_function(tb: TracebackType | None) -> tuple[str, str] | None:
-    """(function name, file) of the innermost frame of `tb`, or None."""
-    frames = traceback.extract_tb(tb) if tb is not None else []
-    if not frames:
-        return None
-    last = frames[-1]
-    return last.name, last.filename
 
 
 def is_library_file(filename: str) -> bool:

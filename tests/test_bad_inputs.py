@@ -185,6 +185,21 @@ def test_no_alarm_is_left_behind(monkeypatch):
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def test_an_outer_alarm_is_put_back(monkeypatch):
+    import signal
+
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 60)
+        run_check("least_squares", exercises.REGISTRY["least_squares"].reference)
+        remaining = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 0 < remaining <= 60 and not fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_a_solution_calling_an_unfinished_earlier_exercise_names_that_function():
     def fourier_basis_mine(p):
         raise NotImplementedError()

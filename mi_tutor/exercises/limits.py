@@ -10,6 +10,9 @@ the references take milliseconds and a pure-Python triple loop over the largest 
 well under a second on a slow Colab CPU. Ten seconds is a >10x margin for a slow laptop
 and for torch's first-call overhead, yet short enough that an infinite loop ends the cell
 quickly. ``MI_TUTOR_CHECK_TIMEOUT`` (seconds) overrides it.
+
+Limits: the alarm interrupts Python code and sleeps, but a single long C call (one huge torch
+op) finishes first; the trace fallback only sees Python lines, so a ``time.sleep`` there runs out.
 """
 from __future__ import annotations
 
@@ -55,12 +58,15 @@ def time_limit(seconds: float) -> Iterator[None]:
             raise CheckTimeout()
 
         previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
+        started = time.monotonic()
+        outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
         try:
             yield
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+            if outer > 0:  # someone else's alarm (e.g. pytest-timeout) was pending: put it back
+                signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3), interval)
         return
     deadline = time.monotonic() + seconds
     old_trace = sys.gettrace()

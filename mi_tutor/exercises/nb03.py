@@ -44,6 +44,9 @@ register(Exercise(
                 lambda lg, io, s: logit_difference(lg.softmax(-1), io, s)),
         Mistake("you took the mean over prompts: return one value per prompt",
                 lambda lg, io, s: logit_difference(lg, io, s).mean()),
+        Mistake("you indexed logits[:, -1, io] with the whole io vector, which pairs every prompt with every answer "
+                "([batch, batch]); pair prompt b with its own answer: logits[torch.arange(batch), -1, io]",
+                lambda lg, io, s: lg[:, -1, io] - lg[:, -1, s]),
     ],
 ))
 
@@ -190,6 +193,9 @@ register(Exercise(
                 lambda pat, io, s2: (pat[torch.arange(pat.shape[0]), :, io, -1] - pat[torch.arange(pat.shape[0]), :, s2, -1]).mean(0)),
         Mistake("you used the first prompt's positions for every prompt",
                 lambda pat, io, s2: io_minus_s_attention(pat, io[:1].expand_as(io), s2[:1].expand_as(s2))),
+        Mistake("you indexed the key axis with the whole io_pos vector, so every prompt is read at every prompt's "
+                "position; index prompt b with io_pos[b] (end[torch.arange(batch), :, io_pos])",
+                lambda pat, io, s2: (pat[:, :, -1, io] - pat[:, :, -1, s2]).mean(0)),
         Mistake("you computed S2 minus IO: the sign is flipped",
                 lambda pat, io, s2: -io_minus_s_attention(pat, io, s2)),
     ],

@@ -158,6 +158,12 @@ def _cov_unnormalised(per_prompt, target):
     return (x * y[:, None, None]).mean(0)
 
 
+def _cov_mixed_conventions(per_prompt, target):
+    x = per_prompt - per_prompt.mean(0)
+    y = target - target.mean()
+    return (x * y[:, None, None]).mean(0) / (per_prompt.std(0) * target.std())
+
+
 def _cov_uncentred(per_prompt, target):
     num = (per_prompt * target[:, None, None]).sum(0)
     return num / (per_prompt.pow(2).sum(0).sqrt() * target.pow(2).sum().sqrt())
@@ -177,5 +183,7 @@ register(Exercise(
                 _cov_unnormalised),
         Mistake("you forgot to centre (subtract the means over prompts): that is a cosine similarity, not a correlation",
                 _cov_uncentred),
+        Mistake("you mixed conventions: a covariance averaged over n with unbiased (n - 1) standard deviations; "
+                "use the same n for both, or sum(x * y) / sqrt(sum x^2 * sum y^2)", _cov_mixed_conventions),
     ],
 ))

@@ -57,6 +57,7 @@ def logit_diff(logits: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor,
     """
     if logits.ndim != 3:
         raise ValueError(f"logits must be [batch, pos, vocab], got shape {tuple(logits.shape)}")
+    V.answers(None, logits, correct=correct, wrong=wrong)
     b = torch.arange(logits.shape[0])
     pos_idx = pos if isinstance(pos, torch.Tensor) else torch.full((logits.shape[0],), pos)
     last = logits[b, pos_idx]

@@ -136,3 +136,13 @@ def test_good_arguments_still_work(toy):
     tokens = torch.randint(0, 30, (2, 5), generator=torch.Generator().manual_seed(0))
     assert iv.ablate_each_head(toy, tokens, _metric, kind="zero").shape == (2, 4)
     assert circuits.patch_heads(toy, tokens, tokens.flip(0), _metric, layers=[1]).shape == (2, 4)
+
+
+@pytest.mark.parametrize("correct,wrong,words", [
+    (torch.tensor([0, 1, 2]), torch.tensor([1, 0]), "correct has shape \\(3,\\); it needs one token id per prompt: \\(2,\\)"),
+    (torch.tensor([0, 1]), torch.tensor([1.0, 0.0]), "wrong must be an integer tensor"),
+    (0, torch.tensor([1, 0]), "correct must be an integer tensor"),
+])
+def test_logit_diff_refuses_answers_that_would_broadcast(correct, wrong, words):
+    with pytest.raises(InstrumentError, match=words):
+        iv.logit_diff(torch.zeros(2, 5, 7), correct, wrong)

@@ -169,7 +169,11 @@ def grade_one(path: Path, timeout: float = DEFAULT_TIMEOUT, reference: Path | No
         outcome.rows.append(Row(label, "(notebook)", "error",
                                 "cannot tell which course notebook this is: pass --reference SOURCE.ipynb"))
         return outcome
-    expected = expected_exercises(ref)
+    try:
+        expected = expected_exercises(ref)
+    except Exception as e:  # noqa: BLE001 - a broken reference is reported per submission
+        outcome.rows.append(Row(label, "(notebook)", "error", f"cannot read the reference {ref.name}: {type(e).__name__}"))
+        return outcome
     edited = set(edited_checks(nb, expected))
     for name in sorted(edited):
         outcome.problems.append(f"check cell of {name} edited or missing")

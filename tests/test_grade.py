@@ -119,3 +119,26 @@ def test_a_crash_and_a_garbage_file_are_reported(graded):
     assert "crashed" in by_key[("crashes.ipynb", "(notebook)")]["reason"]
     assert by_key[("crashes.ipynb", "least_squares")]["status"] == "pass"  # logged before the crash
     assert "not a readable notebook" in by_key[("garbage.ipynb", "(notebook)")]["reason"]
+
+
+def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
+    assert main(["grade", str(tmp_path), "--timeout", "0"]) == 2
+    assert "--timeout must be a positive number" in capsys.readouterr().out
+    assert main(["grade", str(tmp_path), "--reference", str(tmp_path / "nope.ipynb")]) == 2
+    assert "no such reference notebook" in capsys.readouterr().out
+
+
+def test_a_missing_file_an_unknown_notebook_and_a_broken_reference_are_rows(tmp_path):
+    from mi_tutor.grade import grade
+
+    unknown = tmp_path / "essay.ipynb"
+    nbformat.write(_nb(["print(1)"]), str(unknown))
+    out = tmp_path / "g.csv"
+    grade([tmp_path / "missing.ipynb", unknown], out, timeout=5, echo=lambda *_: None)
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["student_file"], r["status"]) for r in rows] == [("missing.ipynb", "error"), ("essay.ipynb", "error")]
+    assert "no such file" in rows[0]["reason"] and "--reference" in rows[1]["reason"]
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{}")
+    grade([unknown], out, timeout=5, reference=broken, echo=lambda *_: None)
+    assert "cannot read the reference" in list(csv.DictReader(out.open()))[0]["reason"]

@@ -7,6 +7,7 @@ dies, one unreadable file. All graded in one run, which must finish and write on
 from __future__ import annotations
 
 import csv
+import os
 
 import nbformat
 import pytest
@@ -58,8 +59,16 @@ def graded(tmp_path_factory):
     cells.insert(3, "import os\nos._exit(1)")
     nbformat.write(_nb(cells), str(subs / "crashes.ipynb"))
     (subs / "garbage.ipynb").write_text("this is not a notebook")
+    cells = _source_cells()
+    cells[1] = "def least_squares(x, y):\n    n = 0\n    while True:\n        n += 1"
+    nbformat.write(_nb(cells), str(subs / "loops.ipynb"))
     out = root / "grades.csv"
-    status = main(["grade", str(subs), "--out", str(out), "--timeout", str(TIMEOUT), "--reference", str(ref)])
+    old = os.environ.get("MI_TUTOR_CHECK_TIMEOUT")
+    os.environ["MI_TUTOR_CHECK_TIMEOUT"] = "2"  # reaches the kernels: the alarm stops the endless function there
+    try:
+        status = main(["grade", str(subs), "--out", str(out), "--timeout", str(TIMEOUT), "--reference", str(ref)])
+    finally:
+        os.environ.pop("MI_TUTOR_CHECK_TIMEOUT") if old is None else os.environ.__setitem__("MI_TUTOR_CHECK_TIMEOUT", old)
     with out.open() as f:
         rows = list(csv.DictReader(f))
     return status, {(r["student_file"], r["exercise"]): r for r in rows}, rows
@@ -71,7 +80,7 @@ def test_the_run_finishes_and_writes_one_row_per_exercise_and_problem(graded):
     assert list(rows[0]) == ["student_file", "exercise", "status", "reason"]
     files = {r["student_file"] for r in rows}
     assert files == {"solution.ipynb", "student.ipynb", "mistakes.ipynb", "hangs.ipynb", "edited.ipynb",
-                     "crashes.ipynb", "garbage.ipynb"}
+                     "crashes.ipynb", "garbage.ipynb", "loops.ipynb"}
 
 
 def test_the_solution_passes_everything(graded):
@@ -142,3 +151,11 @@ def test_a_missing_file_an_unknown_notebook_and_a_broken_reference_are_rows(tmp_
     broken.write_text("{}")
     grade([unknown], out, timeout=5, reference=broken, echo=lambda *_: None)
     assert "cannot read the reference" in list(csv.DictReader(out.open()))[0]["reason"]
+
+
+def test_an_endless_learner_function_is_stopped_inside_the_kernel(graded):
+    _, by_key, rows = graded
+    row = by_key[("loops.ipynb", "least_squares")]
+    assert row["status"] == "fail" and "stopped after 2 s" in row["reason"]
+    assert by_key[("loops.ipynb", "mean_ablate_unit")]["status"] == "pass"  # the rest of the notebook ran
+    assert not [r for r in rows if r["student_file"] == "loops.ipynb" and r["exercise"] == "(notebook)"]

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import fast_llama
+from . import validate as V
 from .interventions import head_outputs, heads_replaced_hooks, z_name
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
@@ -285,6 +286,10 @@ def patch_heads(
     positions), computed in a few batched forward passes: on SmolLM2 by `fast_llama`
     (``fast=None`` chooses; ``fast=False`` forces the hook engine `run_copies`).
     """
+    V.tokens(model, target_tokens, "target_tokens")
+    V.same_shape(target_tokens, source_tokens)
+    V.tokens(model, source_tokens, "source_tokens")
+    V.layers(model, layers)
     if source_tokens.shape != target_tokens.shape:
         raise ValueError(f"source and target prompts must align: {tuple(source_tokens.shape)} vs {tuple(target_tokens.shape)}")
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -309,6 +314,10 @@ def patch_heads_by_position(
     fast: bool | None = None,
 ) -> torch.Tensor:
     """Patch each listed head at one position at a time: [len(heads), pos]."""
+    V.tokens(model, target_tokens, "target_tokens")
+    V.same_shape(target_tokens, source_tokens)
+    V.tokens(model, source_tokens, "source_tokens")
+    V.heads(model, heads)
     n_pos = target_tokens.shape[1]
     layers = sorted({l for l, _ in heads})
     src, run = _head_engine(model, target_tokens, source_tokens, layers, fast)
@@ -437,6 +446,11 @@ def path_patch(
     Returns:
         metric per sender, [len(senders)] (compare with the unpatched target's metric).
     """
+    V.tokens(model, target_tokens, "target_tokens")
+    V.same_shape(target_tokens, source_tokens)
+    V.tokens(model, source_tokens, "source_tokens")
+    V.heads(model, senders, "senders")
+    V.heads(model, receivers, "receivers")
     rec = _receivers(receivers, site)
     if not rec:
         raise ValueError("path_patch needs at least one receiver head")
@@ -535,6 +549,8 @@ def direct_logit_attribution(model, tokens: torch.Tensor, io: torch.Tensor, s: t
     gives the same numbers by folding the norm into the weights, but it needs ~1.5 GB of
     extra memory on SmolLM2.) A head's part is ``z[-1, h] @ W_O[h]`` read out through the norm.
     """
+    V.tokens(model, tokens)
+    V.answers(model, tokens, io=io, s=s)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     names = {"hook_embed", "hook_pos_embed"} | {f"blocks.{l}.{n}" for l in range(n_layers)
                                                  for n in ("attn.hook_z", "hook_attn_out", "hook_mlp_out")}

@@ -6,6 +6,7 @@
     mi-tutor execute [NB ...]  run source notebooks, save their (slimmed) outputs, regenerate students
     mi-tutor bench [NB ...]    run notebooks headless; record wall time and peak RSS (benchmarks/)
     mi-tutor cache-model       build the offline model's cache now (what the first load would do)
+    mi-tutor grade SUBMISSIONS run students' notebooks headless; CSV of every exercise's verdict
 """
 from __future__ import annotations
 
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-patching", action="store_true", help="skip the patching comparison")
     b.add_argument("--no-load", action="store_true", help="skip the model-load measurements")
     sub.add_parser("cache-model", help="build the offline model cache now")
+    from .grade import add_grade_parser
+
+    add_grade_parser(sub)
     args = parser.parse_args(argv)
 
     from .env import quiet_environment
@@ -139,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         from .models import build_smollm2_cache
 
         print(build_smollm2_cache())
+    elif args.cmd == "grade":
+        from .grade import grade_main
+
+        return grade_main(args)
     return 0
 
 

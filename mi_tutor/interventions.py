@@ -27,6 +27,8 @@ from typing import Callable, Literal, Sequence
 
 import torch
 
+from . import validate as V
+
 Metric = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -55,6 +57,7 @@ def logit_diff(logits: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor,
     """
     if logits.ndim != 3:
         raise ValueError(f"logits must be [batch, pos, vocab], got shape {tuple(logits.shape)}")
+    V.answers(None, logits, correct=correct, wrong=wrong)
     b = torch.arange(logits.shape[0])
     pos_idx = pos if isinstance(pos, torch.Tensor) else torch.full((logits.shape[0],), pos)
     last = logits[b, pos_idx]
@@ -64,6 +67,8 @@ def logit_diff(logits: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor,
 @torch.no_grad()
 def head_outputs(model, tokens: torch.Tensor, layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
     """hook_z of the given layers (default all): {layer: [batch, pos, head, d_head]}."""
+    V.tokens(model, tokens)
+    V.layers(model, layers)
     _check_tokens(tokens)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     names = {z_name(l) for l in layers}
@@ -86,6 +91,9 @@ def ablation_values(
     - "resample": hook_z of `reference_tokens` itself, prompt by prompt (pass the counterfactual
       prompts aligned with `tokens`); if the batch sizes differ, a seeded random draw.
     """
+    V.choice(kind, ("zero", "mean", "resample"), "ablation kind")
+    V.tokens(model, tokens)
+    V.layers(model, layers)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     shape_src = head_outputs(model, tokens[:1], layers)
     if kind == "zero":
@@ -131,6 +139,8 @@ def replace_each_head(
     Returns:
         [n_layers, n_heads]; rows of layers not requested are NaN.
     """
+    V.tokens(model, tokens)
+    V.layers(model, layers)
     _check_tokens(tokens)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     layers = list(range(n_layers)) if layers is None else list(layers)
@@ -179,6 +189,8 @@ def ablate_each_head(
     **kwargs,
 ) -> torch.Tensor:
     """Metric with each head ablated in turn ([n_layers, n_heads]); see `ablation_values`."""
+    V.choice(kind, ("zero", "mean", "resample"), "ablation kind")
+    V.tokens(model, tokens)
     values = ablation_values(model, tokens, kind, reference_tokens, layers=kwargs.get("layers"))
     return replace_each_head(model, tokens, values, metric, **kwargs)
 
@@ -195,6 +207,10 @@ def patch_each_head(
     Denoising (source = clean, target = corrupted) asks whether a head is *sufficient* to
     restore behaviour; noising (source = corrupted, target = clean) whether it is *necessary*.
     """
+    V.tokens(model, target_tokens, "target_tokens")
+    V.same_shape(target_tokens, source_tokens)
+    V.tokens(model, source_tokens, "source_tokens")
+    V.layers(model, kwargs.get("layers"))
     if source_tokens.shape != target_tokens.shape:
         raise ValueError(f"source and target prompts must align: {tuple(source_tokens.shape)} vs {tuple(target_tokens.shape)}")
     values = head_outputs(model, source_tokens, kwargs.get("layers"))
@@ -214,6 +230,10 @@ def patch_residual(
 
     One forward pass per layer (chunked): copy p has position p replaced by the source run's value.
     """
+    V.tokens(model, target_tokens, "target_tokens")
+    V.same_shape(target_tokens, source_tokens)
+    V.tokens(model, source_tokens, "source_tokens")
+    V.layers(model, layers)
     _check_tokens(target_tokens)
     if source_tokens.shape != target_tokens.shape:
         raise ValueError("source and target prompts must have the same shape (same template)")
@@ -258,6 +278,9 @@ def attribution_patch_heads(
         The estimated *change* in the metric, [n_layers, n_heads] (or [n_layers, n_heads, pos]
         with `per_position`). Add the target run's metric to compare with `patch_each_head`.
     """
+    V.tokens(model, target_tokens, "target_tokens")
+    V.same_shape(target_tokens, source_tokens)
+    V.tokens(model, source_tokens, "source_tokens")
     _check_tokens(target_tokens)
     source = head_outputs(model, source_tokens)
     store: dict[int, torch.Tensor] = {}

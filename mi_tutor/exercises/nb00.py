@@ -120,6 +120,7 @@ register(Exercise(
     name="mean_ablate_unit",
     notebook=NOTEBOOK,
     reference=mean_ablate_unit,
+    returns_copy=True,
     cases=_abl_cases,
     hints=[
         "Work on a copy (hidden.clone()) so the caller's activations are untouched.",

@@ -42,11 +42,18 @@ def _prev_mean_all(pattern):
     return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean()
 
 
+def _prev_edge_cases():
+    """A non-causal pattern: reading the diagonal above the main one gives non-zero numbers there."""
+    p = torch.as_tensor(np.random.default_rng(3).random((2, 6, 6)), dtype=torch.float32)
+    return [((p / p.sum(-1, keepdim=True),), {})]
+
+
 register(Exercise(
     name="previous_token_score",
     notebook=NB,
     reference=metrics.previous_token_score,
     cases=_prev_cases,
+    edge_cases=_prev_edge_cases,
     hints=[
         "The entry pattern[..., q, q-1] is the attention from query q to the key just before it.",
         "torch.diagonal(pattern, offset=-1, dim1=-2, dim2=-1) collects pattern[..., q, q-1] for q = 1 .. seq-1.",

@@ -44,6 +44,9 @@ register(Exercise(
                 lambda lg, io, s: logit_difference(lg.softmax(-1), io, s)),
         Mistake("you took the mean over prompts: return one value per prompt",
                 lambda lg, io, s: logit_difference(lg, io, s).mean()),
+        Mistake("you indexed logits[:, -1, io] with the whole io vector, which pairs every prompt with every answer "
+                "([batch, batch]); pair prompt b with its own answer: logits[torch.arange(batch), -1, io]",
+                lambda lg, io, s: lg[:, -1, io] - lg[:, -1, s]),
     ],
 ))
 
@@ -63,7 +66,7 @@ def _patch_cases(rng):
 
 
 register(Exercise(
-    name="patch_head", notebook=NB, reference=patch_head, cases=_patch_cases,
+    name="patch_head", notebook=NB, reference=patch_head, returns_copy=True, cases=_patch_cases,
     hints=["hook_z has shape [batch, pos, head, d_head]: the head is axis 2, not axis 1.",
            "Clone first (out = z.clone()), then replace out[:, :, head] with the source's values.",
            "Leave every other head as it was in the target run."],
@@ -135,7 +138,7 @@ def _keep_cases(rng):
 
 
 register(Exercise(
-    name="keep_circuit_heads", notebook=NB, reference=keep_circuit_heads, cases=_keep_cases,
+    name="keep_circuit_heads", notebook=NB, reference=keep_circuit_heads, returns_copy=True, cases=_keep_cases,
     hints=["Heads IN the circuit keep their own output; only the others are replaced.",
            "The ABC mean is per position ([pos, head, d_head]): broadcast it over the batch, not over positions.",
            "out = z.clone(); out[:, :, ~keep] = abc_mean[None, :, ~keep]"],
@@ -171,8 +174,17 @@ def _attn_cases(rng):
     return cases
 
 
+def _attn_edge_cases():
+    """A non-causal pattern (every key has weight), so reading a column instead of a row shows."""
+    rng = np.random.default_rng(7)
+    pat = torch.tensor(rng.random((3, 2, 6, 6)), dtype=torch.float32)
+    pat = pat / pat.sum(-1, keepdim=True)
+    return [((pat, torch.tensor([1, 2, 0]), torch.tensor([3, 0, 4])), {})]
+
+
 register(Exercise(
     name="io_minus_s_attention", notebook=NB, reference=io_minus_s_attention, cases=_attn_cases,
+    edge_cases=_attn_edge_cases,
     hints=["The query is the final token: pattern[:, :, -1, :] is [batch, head, key].",
            "Each prompt has its own positions: index the key axis with io_pos[b] for prompt b.",
            "Subtract the attention to S2 from the attention to IO and average over prompts: [head]."],
@@ -181,6 +193,9 @@ register(Exercise(
                 lambda pat, io, s2: (pat[torch.arange(pat.shape[0]), :, io, -1] - pat[torch.arange(pat.shape[0]), :, s2, -1]).mean(0)),
         Mistake("you used the first prompt's positions for every prompt",
                 lambda pat, io, s2: io_minus_s_attention(pat, io[:1].expand_as(io), s2[:1].expand_as(s2))),
+        Mistake("you indexed the key axis with the whole io_pos vector, so every prompt is read at every prompt's "
+                "position; index prompt b with io_pos[b] (end[torch.arange(batch), :, io_pos])",
+                lambda pat, io, s2: (pat[:, :, -1, io] - pat[:, :, -1, s2]).mean(0)),
         Mistake("you computed S2 minus IO: the sign is flipped",
                 lambda pat, io, s2: -io_minus_s_attention(pat, io, s2)),
     ],

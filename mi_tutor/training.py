@@ -4,7 +4,7 @@
 the training loss), every `eval_every` steps calls `eval_fn(step)` (which returns a dict of
 named metrics), and records everything in a `History`. A tqdm bar shows progress; with
 `live=True` a matplotlib figure is redrawn in place while training runs, and it stays as a
-static figure afterwards (which is also what nbval and a PDF export see).
+static figure afterwards (which is also what a headless run and a PDF export see).
 """
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def train(
         eval_fn: returns a dict of metrics; called at step 0, every `eval_every` steps, and at the end.
         live: a `LivePlot` to redraw every `live_every` steps (default: every 4th evaluation).
         stop_when: called after each evaluation; stop early if it returns True.
-        progress: show a tqdm bar (a widget in notebooks, nbval-safe).
+        progress: show a tqdm bar (a widget in notebooks; hidden when TQDM_DISABLE is set, as `mi-tutor execute` does).
         history, start_step: continue an earlier run.
     """
     from tqdm.auto import tqdm

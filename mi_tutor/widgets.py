@@ -4,7 +4,7 @@
 ``plot_fn(**values) -> matplotlib Figure``. It is displayed as a live widget in JupyterLab,
 Colab (ipywidgets 7.7) and Binder; and because its display bundle also carries a PNG of
 the current state, the same output shows a static figure on GitHub, in a PDF export and
-under nbval, where no widget manager runs.
+in a headless run, where no widget manager runs.
 
 The plotting functions are ordinary `mi_tutor` functions: every explorer's view can be
 made without widgets by calling `plot_fn` directly.

@@ -165,8 +165,15 @@ case "$cmd" in
     # Paths among the arguments (a test file, a folder) replace the default: the whole tests/.
     targets=(tests)
     for arg in "$@"; do if [ -e "${arg%%::*}" ]; then targets=(); fi; done
-    exec "$VENV/bin/python" -m pytest "${targets[@]}" -n "$workers" --dist loadgroup --no-loadscope-reorder \
-      -p no:cacheprovider "$@" ;;
+    # Lint first (the rules and why: [tool.ruff] in pyproject.toml); the tests run either way,
+    # and the command fails if either does.
+    lint=0
+    "$VENV/bin/python" -m ruff check --quiet . || { lint=1; say "ruff found the problems above (rules: [tool.ruff] in pyproject.toml)"; }
+    status=0
+    "$VENV/bin/python" -m pytest "${targets[@]}" -n "$workers" --dist loadgroup --no-loadscope-reorder \
+      -p no:cacheprovider "$@" || status=$?
+    if [ "$status" = 0 ] && [ "$lint" != 0 ]; then status=1; fi
+    exit "$status" ;;
   bench)
     setup
     export MI_TUTOR_MODEL=${MI_TUTOR_MODEL:-smollm2-135m}

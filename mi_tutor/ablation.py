@@ -524,7 +524,8 @@ def final_residuals(model, tokens: torch.Tensor) -> torch.Tensor:
     n = model.cfg.n_layers
     names = {"blocks.0.hook_resid_pre"} | {f"blocks.{l}.hook_resid_post" for l in range(n)}
     _, cache = model.run_with_cache(tokens, names_filter=lambda s: s in names)
-    return torch.stack([cache["blocks.0.hook_resid_pre"][:, -1]] + [cache[f"blocks.{l}.hook_resid_post"][:, -1] for l in range(n)])
+    return torch.stack([cache["blocks.0.hook_resid_pre"][:, -1]] + [cache[f"blocks.{l}.hook_resid_post"][:,
+                                                                                                         -1] for l in range(n)])
 
 
 def probe_layers(resid: torch.Tensor, labels: torch.Tensor, folds: int = 4, alpha: float = 10.0, seed: int = 0) -> torch.Tensor:
@@ -774,8 +775,8 @@ def plot_noise_denoise(nd: NoiseDenoise, title: str = ""):
     return finish(fig, tight_layout=True)
 
 
-def plot_lens_probe(lens: dict[str, torch.Tensor], probe: torch.Tensor | None = None, ablation_by_layer: dict[str, torch.Tensor] | None = None,
-                    title: str = ""):
+def plot_lens_probe(lens: dict[str, torch.Tensor], probe: torch.Tensor | None = None,
+                    ablation_by_layer: dict[str, torch.Tensor] | None = None, title: str = ""):
     """Logit lens per layer (left axis), probe accuracy and per-layer ablation effect (right panel)."""
     import matplotlib.pyplot as plt
 
@@ -840,7 +841,8 @@ def verdict_table(rows: Sequence[dict]):
 __all__ = [
     "CONTROL_TEXT", "KINDS", "Task", "ioi_task", "successor_task", "task_values", "all_heads", "entropy", "kl_div",
     "Sweep", "sweep", "task_sweeps", "control_tokens", "control_values", "Damage", "control_damage", "damage_flags",
-    "resample_head", "control_kl", "split_total_effect", "ranks", "spearman", "correlation_table", "verdict_flips", "top_heads", "SelfRepair", "self_repair", "Pairs",
+    "resample_head", "control_kl", "split_total_effect", "ranks", "spearman", "correlation_table", "verdict_flips",
+    "top_heads", "SelfRepair", "self_repair", "Pairs",
     "pair_interactions", "NoiseDenoise", "noising_denoising", "logit_lens", "subset_successor", "covariation", "final_residuals",
     "probe_layers", "Scrub", "derangement", "scrub", "LabResult", "Lab", "parse_heads", "plot_effect_maps",
     "plot_damage", "plot_self_repair", "plot_noise_denoise", "plot_lens_probe", "plot_lab", "verdict_table",

@@ -213,19 +213,26 @@ def to_markdown(results: dict) -> str:
         busy_wall = busy.get("wall_s")
         ratio = f"{busy_wall / wall:.2f}x" if busy_wall and wall else "-"
         busy_cell = ("ERROR" if busy.get("error") else f"{busy_wall:.1f}") if busy else "-"
-        lines.append(f"| notebook {name} | {wall:.1f} | {cpu} | {bw:.0f} | {rss:.2f} | {br:.1f} | {verdict} | {busy_cell} | {ratio} |"
-                     if wall is not None else f"| notebook {name} | - | - | {bw:.0f} | - | {br:.1f} | {verdict} | {busy_cell} | - |")
+        if wall is None:
+            lines.append(f"| notebook {name} | - | - | {bw:.0f} | - | {br:.1f} | {verdict} | {busy_cell} | - |")
+        else:
+            lines.append(f"| notebook {name} | {wall:.1f} | {cpu} | {bw:.0f} | {rss:.2f} | {br:.1f} | {verdict} | "
+                         f"{busy_cell} | {ratio} |")
     total = sum(r.get("wall_s") or 0 for r in results["notebooks"].values())
     cpu_total = sum(r.get("cpu_s") or 0 for r in results["notebooks"].values())
-    lines.append(f"| **all notebooks** | {total:.1f} | {cpu_total:.1f} | {sum(BUDGETS.get(n[:2], (0, 0))[0] for n in results['notebooks']):.0f} | "
-                 f"{max([r.get('peak_rss_gb') or 0 for r in results['notebooks'].values()] or [0]):.2f} (max) | | | | |")
+    budget_total = sum(BUDGETS.get(n[:2], (0, 0))[0] for n in results["notebooks"])
+    peak = max([r.get("peak_rss_gb") or 0 for r in results["notebooks"].values()] or [0])
+    lines.append(f"| **all notebooks** | {total:.1f} | {cpu_total:.1f} | {budget_total:.0f} | {peak:.2f} (max) | | | | |")
     load = results.get("model_load", {})
-    for key, label in (("first", "smollm2-135m first load (dequantise + cache)"), ("cached", "smollm2-135m cached load, incl. imports")):
+    for key, label in (("first", "smollm2-135m first load (dequantise + cache)"), ("cached",
+                                                                                   "smollm2-135m cached load, incl. imports")):
         r = load.get(key, {})
         if "wall_s" in r:
             budget = LOAD_BUDGET if key == "cached" else (None, None)
-            verdict = "" if budget[0] is None else ("met" if r["wall_s"] <= budget[0] and r["peak_rss_gb"] <= budget[1] else "MISSED")
-            lines.append(f"| {label} | {r['wall_s']:.1f} | - | {budget[0] or '-'} | {r['peak_rss_gb']:.2f} | {budget[1] or '-'} | {verdict} | | |")
+            within = budget[0] is not None and r["wall_s"] <= budget[0] and r["peak_rss_gb"] <= budget[1]
+            verdict = "" if budget[0] is None else ("met" if within else "MISSED")
+            lines.append(f"| {label} | {r['wall_s']:.1f} | - | {budget[0] or '-'} | {r['peak_rss_gb']:.2f} | "
+                         f"{budget[1] or '-'} | {verdict} | | |")
     cached = load.get("cached", {})
     if "import_split_s" in cached:
         split = ", ".join(f"{k} {v:.1f} s" for k, v in cached["import_split_s"].items())
@@ -233,7 +240,7 @@ def to_markdown(results: dict) -> str:
                   "to load the weights into the bridge."]
     if results.get("setup"):
         r = results["setup"]
-        lines += ["", f"Set-up from a fresh clone of HEAD (new virtual environment, warm pip cache): "
+        lines += ["", "Set-up from a fresh clone of HEAD (new virtual environment, warm pip cache): "
                   + (f"{r['wall_s']:.0f} s (target 120 s)." if not r.get("error") else f"failed: {r['error'][-120:]}")]
     suites = results.get("suite", {})
     for label, r in suites.items():
@@ -256,9 +263,10 @@ def to_markdown(results: dict) -> str:
                 continue
             fast = "-" if p.get("fast_llama_s") is None else f"{p['fast_llama_s']:.1f}"
             fast_x = "-" if p.get("speedup_fast_llama") is None else f"{p['speedup_fast_llama']:.1f}x"
-            lines.append(f"| {p['threads']} | {p['transformer_lens_s']:.1f} | {p['per_layer_s']:.1f} | {p['growing_batch_s']:.1f} | "
-                         f"{fast} | {p['attribution_s']:.2f} | {p['speedup_growing_batch']:.1f}x | {fast_x} | "
-                         f"{p['speedup_attribution']:.0f}x | {p['max_abs_diff_exact']:.1e} | {p['attribution_correlation']:.3f} |")
+            lines.append(f"| {p['threads']} | {p['transformer_lens_s']:.1f} | {p['per_layer_s']:.1f} | "
+                         f"{p['growing_batch_s']:.1f} | {fast} | {p['attribution_s']:.2f} | {p['speedup_growing_batch']:.1f}x | "
+                         f"{fast_x} | {p['speedup_attribution']:.0f}x | {p['max_abs_diff_exact']:.1e} | "
+                         f"{p['attribution_correlation']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

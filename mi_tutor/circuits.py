@@ -26,7 +26,7 @@ score per prompt from logits ``[batch, pos, vocab]`` at position -1 (see `mi_tut
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -355,14 +355,15 @@ def patch_residual_fast(
     for chunk in _chunks(jobs, batch, max_rows):
         # a copy is born at its layer; its resid_pre row gets the source value at one position
         born: dict[int, list[int]] = {}
-        for k, (l, p) in enumerate(chunk):
+        for k, (l, _p) in enumerate(chunk):
             born.setdefault(l, []).append(k)
         order = sorted(range(len(chunk)), key=lambda k: chunk[k][0])
         row_of = {k: r for r, k in enumerate(order, start=1)}
         state = {"rows": 1}
         handles = []
 
-        def block_pre(layer):
+        # the hooks run and are removed inside this iteration; the defaults bind its values
+        def block_pre(layer, born=born, row_of=row_of, chunk=chunk, state=state):
             def pre(module, args, kwargs):
                 new = born.get(layer, [])
                 hs = args[0] if args else kwargs["hidden_states"]
@@ -381,14 +382,15 @@ def patch_residual_fast(
                 return _rep_rows(args, batch, state["rows"]), _rep_rows(kwargs, batch, state["rows"])
             return pre
 
-        def attn_pre(module, args, kwargs):
+        def attn_pre(module, args, kwargs, state=state):
             return _rep_rows(args, batch, state["rows"]), _rep_rows(kwargs, batch, state["rows"])
 
         for l in range(min(born), n_layers):
             handles.append(model.blocks[l].register_forward_pre_hook(block_pre(l), with_kwargs=True))
             handles.append(model.blocks[l].attn.register_forward_pre_hook(attn_pre, with_kwargs=True))
         handles.append(model.unembed.register_forward_pre_hook(
-            lambda m, a, kw: ((a[0][:, -1:],) + tuple(a[1:]), kw) if a else (a, dict(kw, hidden_states=kw["hidden_states"][:, -1:])),
+            lambda m, a, kw: ((a[0][:, -1:],) + tuple(a[1:]), kw) if a else (a, dict(kw, hidden_states=kw["hidden_states"][:,
+                                                                                                                           -1:])),
             with_kwargs=True))
         try:
             logits = model(target_tokens)
@@ -551,7 +553,7 @@ def direct_logit_attribution(model, tokens: torch.Tensor, io: torch.Tensor, s: t
     """
     V.tokens(model, tokens)
     V.answers(model, tokens, io=io, s=s)
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    n_layers = model.cfg.n_layers
     names = {"hook_embed", "hook_pos_embed"} | {f"blocks.{l}.{n}" for l in range(n_layers)
                                                  for n in ("attn.hook_z", "hook_attn_out", "hook_mlp_out")}
     names.add(f"blocks.{n_layers - 1}.hook_resid_post")
@@ -591,7 +593,8 @@ def direct_logit_attribution(model, tokens: torch.Tensor, io: torch.Tensor, s: t
                heads_io=heads_io.mean(0), heads_s=heads_s.mean(0))
 
 
-def attention_to(patterns: dict[int, torch.Tensor] | torch.Tensor, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+def attention_to(patterns: dict[int, torch.Tensor] | torch.Tensor, query_pos: torch.Tensor,
+                 key_pos: torch.Tensor) -> torch.Tensor:
     """Mean attention from `query_pos` to `key_pos` (one index per prompt), per head: [n_layers, n_heads].
 
     `patterns`: {layer: [batch, head, q, k]} or a stacked tensor [n_layers, batch, head, q, k].
@@ -885,7 +888,8 @@ def tl_patch_heads(model, target_tokens, source_tokens, metric: Metric, heads: S
     return torch.as_tensor(out).flatten()
 
 
-def compare_patching_speed(model, target_tokens, source_tokens, metric: Metric, tl_layers: Sequence[int] = (0,)) -> tuple[SpeedReport, torch.Tensor]:
+def compare_patching_speed(model, target_tokens, source_tokens, metric: Metric,
+                           tl_layers: Sequence[int] = (0,)) -> tuple[SpeedReport, torch.Tensor]:
     """Time `patch_heads` on every head and the TL loop on the heads of `tl_layers`; check they agree.
 
     Returns the report and the engine's [n_layers, n_heads] table (reuse it: it is the result).

@@ -178,7 +178,8 @@ class LlamaRunner:
                 if getattr(r, "site", "z") != "z":
                     raise ValueError(f"fast_llama replaces head outputs (site 'z') only, got site {r.site!r}")
                 if not 0 <= r.layer < n_layers or not 0 <= r.head < self.n_heads:
-                    raise ValueError(f"head ({r.layer}, {r.head}) is outside this model ({n_layers} layers, {self.n_heads} heads)")
+                    raise ValueError(f"head ({r.layer}, {r.head}) is outside this model ({n_layers} layers, "
+                                     f"{self.n_heads} heads)")
                 if tuple(r.value.shape[:2]) != (batch, n_pos):
                     raise ValueError(f"value for head ({r.layer}, {r.head}) has shape {tuple(r.value.shape)}; "
                                      f"the prompts are [{batch}, {n_pos}]")

@@ -602,5 +602,6 @@ def example_neurons(acts: torch.Tensor, p: int, best_freq: torch.Tensor, key_fre
     return chosen
 
 
-__all__ += ["example_neurons", "phase_spans", "shade_phases", "plot_progress", "plot_frequency_shares", "plot_neuron", "scrubber_view",
+__all__ += ["example_neurons", "phase_spans", "shade_phases", "plot_progress", "plot_frequency_shares", "plot_neuron",
+            "scrubber_view",
             "FrequencyPicker"]

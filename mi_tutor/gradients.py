@@ -590,7 +590,8 @@ def plot_cluster(labels: np.ndarray, S: torch.Tensor, describe: Callable[[int], 
 
 __all__ = [
     "per_example_grads", "n_bytes", "cosine_matrix", "angular_similarity", "spectral_clusters",
-    "adjusted_rand_index", "purity", "shuffled_purity", "offdiag_correlation", "random_projection", "SweepRow", "projection_sweep",
+    "adjusted_rand_index", "purity", "shuffled_purity", "offdiag_correlation", "random_projection", "SweepRow",
+    "projection_sweep",
     "kronecker_project", "gaussian", "LinearCapture", "linear_modules", "kronecker_grads", "CostReport",
     "compare_exact_and_cheap", "last_block_linears", "short_name", "TokenGradients", "load_corpus_06", "token_windows",
     "lm_token_gradients", "cosine_to_angular", "token_in_context", "cluster_table", "nearest_clusters",

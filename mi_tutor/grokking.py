@@ -15,7 +15,6 @@ and on the paper-scale checkpoints in ``mi_tutor/data/grokking/``.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -23,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -295,7 +293,7 @@ def evaluate(model_or_state: Any, tokens: torch.Tensor, labels: torch.Tensor, tr
 
 
 def train_grokking(
-    cfg: GrokConfig = GrokConfig(),
+    cfg: GrokConfig | None = None,
     live: bool = True,
     progress: bool = True,
     on_checkpoint: Callable[[int, Any], None] | None = None,
@@ -307,7 +305,7 @@ def train_grokking(
     """Train the modular-addition transformer full-batch and record everything.
 
     Args:
-        cfg: the run's settings (`GrokConfig`).
+        cfg: the run's settings (`GrokConfig`; default: `GrokConfig()`, the live setting).
         live: redraw a loss/accuracy figure in the notebook while training.
         progress: show a tqdm progress bar.
         on_checkpoint: called as ``on_checkpoint(step, model)`` at every checkpoint (scripts
@@ -323,6 +321,7 @@ def train_grokking(
     Returns:
         A `GrokRun` whose model is the trained bridge (eval mode).
     """
+    cfg = GrokConfig() if cfg is None else cfg
     before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads or available_cores(limit=2))
     # deterministic kernels: without them two runs on two threads already differed (and

@@ -96,7 +96,8 @@ TIMELINE: tuple[Entry, ...] = (
     Entry(2023, 7, "Hydra effect", "The Hydra Effect: Emergent Self-repair in Language Model Computations",
           "McGrath et al.", "arXiv 2307.15771", "interventional", "LM", "05",
           "later layers compensate when a layer is ablated"),
-    Entry(2023, 9, "Patching best practices", "Towards Best Practices of Activation Patching in Language Models: Metrics and Methods",
+    Entry(2023, 9, "Patching best practices", "Towards Best Practices of Activation Patching in Language Models: "
+                                              "Metrics and Methods",
           "Zhang & Nanda", "arXiv 2309.16042; ICLR 2024", "interventional", "LM", "05",
           "how corruption and metric choices change what patching finds"),
     Entry(2023, 10, "Towards monosemanticity", "Towards Monosemanticity", "Bricken et al.",

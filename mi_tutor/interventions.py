@@ -45,7 +45,8 @@ def resid_name(layer: int) -> str:
 def _check_tokens(tokens: torch.Tensor, name: str = "tokens") -> None:
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int64, torch.int32):
         raise ValueError(f"{name} must be an integer tensor [batch, pos]; got "
-                         f"{getattr(tokens, 'shape', type(tokens))} {getattr(tokens, 'dtype', '')}. Use model.to_tokens(prompts).")
+                         f"{getattr(tokens, 'shape', type(tokens))} {getattr(tokens, 'dtype', '')}. Use "
+                         f"model.to_tokens(prompts).")
 
 
 def logit_diff(logits: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor, pos: int | torch.Tensor = -1) -> torch.Tensor:

@@ -28,7 +28,6 @@ batches; it works on GPT-2 (multi-head attention) and on SmolLM2 (grouped-query 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -89,7 +89,8 @@ class OrdinalTokens:
             if items and name not in self.category_names:
                 lines.append(f"{name:>12}: dropped entirely (not single tokens: {', '.join(items[:5])}...)")
             elif items:
-                lines.append(f"{'':>12}  {name}: dropped {len(items)} multi-token items ({', '.join(items[:6])}{'...' if len(items) > 6 else ''})")
+                more = "..." if len(items) > 6 else ""
+                lines.append(f"{'':>12}  {name}: dropped {len(items)} multi-token items ({', '.join(items[:6])}{more})")
         return "\n".join(lines)
 
 

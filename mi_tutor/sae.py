@@ -223,7 +223,7 @@ def train_saes(acts_fn: Callable[[int, torch.Generator], torch.Tensor], d_in: in
     hist = train(step_fn, steps, desc="SAE", progress=progress)
     seconds = time.perf_counter() - t0
     runs = []
-    for i, (d, c) in enumerate(zip(d_saes, l1_coeffs)):
+    for i, c in enumerate(l1_coeffs):
         sae = stack.unstack(i)
         runs.append(SAERun(sae, hist, float(c), seconds, sum(p.numel() for p in sae.parameters()), steps, batch, len(d_saes)))
     return runs
@@ -368,6 +368,7 @@ def plot_sweep(name: str, values: list, reports: list[dict[str, float]], keys: l
 
 __all__ = [
     "sae_report", "format_sweep", "plot_sweep",
-    "chance_recovery", "matched_recovery", "sae_writes", "SAE", "SAEStack", "sae_loss", "feature_recovery", "cosine_matrix", "SAERun", "train_saes", "train_sae", "fvu", "l0", "dead_fraction",
+    "chance_recovery", "matched_recovery", "sae_writes", "SAE", "SAEStack", "sae_loss", "feature_recovery", "cosine_matrix",
+    "SAERun", "train_saes", "train_sae", "fvu", "l0", "dead_fraction",
     "latents_per_feature", "shrinkage", "AbsorptionResult", "hierarchical_activations", "absorption_experiment",
 ]

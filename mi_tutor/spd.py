@@ -143,7 +143,8 @@ class SPDDecomposition(nn.Module):
         return h[:, 0], out[:, 0]
 
 
-def spd_losses(spd: SPDDecomposition, x: torch.Tensor, g: torch.Generator, n_mask_samples: int = 2, p: float = 1.0) -> dict[str, torch.Tensor]:
+def spd_losses(spd: SPDDecomposition, x: torch.Tensor, g: torch.Generator, n_mask_samples: int = 2,
+               p: float = 1.0) -> dict[str, torch.Tensor]:
     """The three SPD losses on a batch x (scalars)."""
     with torch.no_grad():
         target_out = spd.target(x)
@@ -316,7 +317,8 @@ def spd_writes(spd: SPDDecomposition, x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- side by side with an SAE
 
 @torch.no_grad()
-def compare_methods(target: ToyModel, sae_run, spd_run: SPDRun, x: torch.Tensor, single_value: float = 0.8) -> dict[str, dict[str, float]]:
+def compare_methods(target: ToyModel, sae_run, spd_run: SPDRun, x: torch.Tensor,
+                    single_value: float = 0.8) -> dict[str, dict[str, float]]:
     """The same metrics for an SAE (on h = W x) and an SPD decomposition of W, on inputs x.
 
     recovery: mean max cosine of the true directions W_i with SAE decoder rows / SPD write vectors
@@ -382,7 +384,8 @@ def format_comparison(table: dict[str, dict[str, float]], true_active: float) ->
         cells = []
         for m in table:
             v = table[m][r]
-            cells.append(f"{'—':>10}" if math.isnan(v) else (f"{v:>10.0f}" if r in ("live components", "parameters", "steps x batch") else f"{v:>10.2f}"))
+            cells.append(f"{'—':>10}" if math.isnan(v) else (f"{v:>10.0f}" if r in ("live components", "parameters",
+                                                                                    "steps x batch") else f"{v:>10.2f}"))
         lines.append(f"{r:<18}" + "".join(cells))
     lines.append(f"{'(true active features per input: ' + format(true_active, '.2f') + ')'}")
     return "\n".join(lines)

@@ -30,10 +30,9 @@ Head indices are never hard-coded: every head this module names comes from a com
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -122,7 +122,8 @@ class ToyRun:
     importance: torch.Tensor
 
 
-def train_instances(n_features: int, n_hidden: int, densities: Sequence[float], importance: Sequence[float] | torch.Tensor | None = None,
+def train_instances(n_features: int, n_hidden: int, densities: Sequence[float],
+                    importance: Sequence[float] | torch.Tensor | None = None,
                     steps: int = 3000, batch: int = 1024, lr: float = 3e-3, seed: int = 0, progress: bool = False,
                     hidden_dims: Sequence[int] | None = None) -> ToyRun:
     """Train one toy model per density (vectorised), with per-feature `importance` (default all 1).
@@ -325,7 +326,8 @@ class SuperpositionGrid:
         return self.run.model.W.detach()[self.hidden.index(n_hidden) * len(self.densities) + i, :n_hidden]
 
 
-def superposition_grid(n_features: int = 8, hidden: Sequence[int] = (2, 3, 5), densities: Sequence[float] = (1.0, 0.3, 0.1, 0.03, 0.01),
+def superposition_grid(n_features: int = 8, hidden: Sequence[int] = (2, 3, 5), densities: Sequence[float] = (1.0, 0.3, 0.1,
+                                                                                                             0.03, 0.01),
                        decay: float = 0.8, steps: int = 2000, batch: int = 256, seed: int = 0) -> SuperpositionGrid:
     """Train the explorer's models (one batched run): every (n_hidden, density) pair, importance decay**i."""
     imp = torch.tensor([decay ** i for i in range(n_features)])
@@ -355,7 +357,7 @@ def plot_superposition(grid: SuperpositionGrid, n_hidden: int, density: float):
     a1.set_ylim(0, 1.3)
     a1.set_xlabel("feature (importance decreases →)")
     a1.set_ylabel("||W_i||")
-    a1.set_title(f"norm (colour: blue = own dimension, red = superposed)", fontsize=9)
+    a1.set_title("norm (colour: blue = own dimension, red = superposed)", fontsize=9)
     fig.suptitle(f"{n} features in {n_hidden} dimensions, density {density:.2g}: "
                  f"{int((norms > 0.5).sum())} represented, dimensions/feature {dimensions_per_feature(W):.2f}", fontsize=10)
     fig.tight_layout()

@@ -245,7 +245,7 @@ class JupyterLabServer:
                 if time.monotonic() > deadline:
                     tail = self.log_tail()
                     self.stop()
-                    raise RuntimeError(f"jupyter lab did not answer within {self.startup_timeout:.0f} s:\n{tail}")
+                    raise RuntimeError(f"jupyter lab did not answer within {self.startup_timeout:.0f} s:\n{tail}") from None
                 time.sleep(0.3)
         return self
 

@@ -234,3 +234,13 @@ def test_check_prints_one_line_and_raises_only_in_strict_mode(monkeypatch, capsy
     monkeypatch.setenv("MI_TUTOR_STRICT", "1")
     with pytest.raises(exercises.ExerciseFailed):
         check("least_squares", _returns_none)
+
+
+def test_an_interrupt_prints_its_line_then_stops_the_run_like_any_interrupted_cell(capsys, monkeypatch):
+    from mi_tutor.exercises import check
+
+    monkeypatch.delenv("MI_TUTOR_STRICT", raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        check(NAMES[0], _interrupts)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "interrupted (Ctrl-C)" in out and "Traceback" not in out

@@ -306,7 +306,8 @@ def test_return_freed_memory_gives_freed_tensor_memory_back():
         on, mb = out.split()
         heap[mode] = (on == "True", int(mb))
     assert heap["on"][0], "return_freed_memory() could not set glibc's thresholds"
-    assert heap["on"][1] < 8, f"2 MB tensors should be mapped on their own (freed = returned), but the heap grew {heap['on'][1]} MB"
+    assert heap["on"][1] < 8, (f"2 MB tensors should be mapped on their own (freed = returned), but the heap grew "
+                               f"{heap['on'][1]} MB")
     assert heap["off"][1] >= 30, f"control: by default glibc should put them on the heap, which grew only {heap['off'][1]} MB"
 
 
@@ -316,7 +317,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from mi_tutor import setup
 shell = InteractiveShell.instance()
 setup(quiet=True); setup(quiet=True)        # a notebook may call setup() twice
-ours = [f for f in shell.events.callbacks["post_run_cell"] if "trim_memory" in getattr(getattr(f, "__code__", None), "co_names", ())]
+ours = [f for f in shell.events.callbacks["post_run_cell"] if "trim_memory" in getattr(getattr(f, "__code__", None),
+                                                                                       "co_names", ())]
 def rss_mb():
     return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) >> 10
 ok = shell.run_cell("import torch; warm = torch.ones(1 << 20); del warm").success  # glibc's mmap threshold -> 4 MB

@@ -19,7 +19,8 @@ def test_every_check_in_a_notebook_is_registered_and_vice_versa():
 
 @pytest.mark.parametrize("ex", EXERCISES, ids=IDS)
 def test_solution_passes(ex):
-    assert ex.function_name in defined_functions(ex.solution_source), "the check cell names a function the solution cell does not define"
+    assert ex.function_name in defined_functions(ex.solution_source), (
+        "the check cell names a function the solution cell does not define")
     ns = run_cell_source(ex.solution_source)
     result = exercises.run_check(ex.check_name, ns[ex.function_name])
     assert result.passed, result.message

@@ -15,8 +15,11 @@ import pytest
 from mi_tutor.cli import main
 from mi_tutor.notebooks import make_student
 
-SOLUTION_LS = "import numpy as np\n\ndef least_squares(x, y):\n    ### BEGIN SOLUTION\n    X = np.column_stack([np.ones(len(x)), x])\n    return np.linalg.lstsq(X, y, rcond=None)[0]\n    ### END SOLUTION"
-SOLUTION_MU = "def mean_ablate_unit(hidden, unit):\n    ### BEGIN SOLUTION\n    out = hidden.clone()\n    out[:, unit] = hidden[:, unit].mean()\n    return out\n    ### END SOLUTION"
+SOLUTION_LS = ("import numpy as np\n\ndef least_squares(x, y):\n    ### BEGIN SOLUTION\n"
+               "    X = np.column_stack([np.ones(len(x)), x])\n    return np.linalg.lstsq(X, y, rcond=None)[0]\n"
+               "    ### END SOLUTION")
+SOLUTION_MU = ("def mean_ablate_unit(hidden, unit):\n    ### BEGIN SOLUTION\n    out = hidden.clone()\n"
+               "    out[:, unit] = hidden[:, unit].mean()\n    return out\n    ### END SOLUTION")
 CHECK_LS = 'check("least_squares", least_squares)'
 CHECK_MU = 'check("mean_ablate_unit", mean_ablate_unit)'
 MISTAKE_LS = "import numpy as np\n\ndef least_squares(x, y):\n    return np.linalg.lstsq(x, y, rcond=None)[0]"

@@ -114,7 +114,8 @@ def test_concurrent_cache_builds_do_not_corrupt(tmp_path):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err.decode()[-2000:]
     assert sorted(x.name for x in target.iterdir()) == sorted(
-        ["chat_template.jinja", "config.json", "mi_tutor_source.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        ["chat_template.jinja", "config.json", "mi_tutor_source.json", "model.safetensors", "tokenizer.json",
+         "tokenizer_config.json"]
     ) or (target / "model.safetensors").exists()
     leftovers = [x for x in tmp_path.iterdir() if x.name.startswith(".cache.tmp")]
     assert not leftovers, f"temporary directories left behind: {leftovers}"

@@ -192,7 +192,6 @@ def test_cos_sum_fit_recovers_planted_logits():
 def test_restricted_and_excluded_loss_on_a_planted_model():
     """A state dict that computes logits = sum_k cos(w_k (a+b-c)) through its neurons only."""
     p, freqs = 11, [2, 3]
-    d_model, n_neur = 8, 4 * len(freqs)
     tokens, labels = grokking.all_pairs(p)
     a, b = tokens[:, 0].double(), tokens[:, 1].double()
     # neurons = relu(+-cos(w(a+b))), relu(+-sin(w(a+b))): build them directly as activations

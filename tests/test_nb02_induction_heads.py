@@ -114,7 +114,8 @@ def test_k_composition_detects_aligned_heads_and_differs_from_q_composition():
     assert metrics.k_composition_score(ov, unrelated_qk) < base + 0.15
     assert metrics.k_composition_score(ov, aligned_qk) != pytest.approx(metrics.q_composition_score(ov, aligned_qk))
     # scale-free
-    assert metrics.k_composition_score(3 * ov, 0.1 * aligned_qk) == pytest.approx(metrics.k_composition_score(ov, aligned_qk), rel=1e-5)
+    assert metrics.k_composition_score(3 * ov, 0.1 * aligned_qk) == pytest.approx(metrics.k_composition_score(ov, aligned_qk),
+                                                                                  rel=1e-5)
 
 
 def test_icl_score_sign_convention():

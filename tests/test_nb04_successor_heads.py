@@ -138,7 +138,8 @@ def test_ica_finds_a_planted_succession_component(task):
     eff[0, 0] += 4 * torch.eye(n)
     ica = S.run_ica(eff, ot, n_components=4, seed=0)
     assert "succession" in ica.labels
-    top2 = {(l, h) for l, h, _ in __import__("mi_tutor.interventions", fromlist=["rank_heads"]).rank_heads(ica.scores_for("succession"), 2)}
+    top2 = {(l, h) for l, h, _ in __import__("mi_tutor.interventions",
+                                             fromlist=["rank_heads"]).rank_heads(ica.scores_for("succession"), 2)}
     assert top2 == set(planted)
 
 

@@ -116,7 +116,8 @@ def test_self_repair_adds_up_exactly(toy, task):
 
 def test_sweep_on_an_attention_only_model(attn_toy):
     t = A.Task("a", torch.randint(1, 40, (2, 5), generator=torch.Generator().manual_seed(1)),
-               torch.randint(1, 40, (2, 5), generator=torch.Generator().manual_seed(2)), torch.tensor([1, 2]), torch.tensor([3, 4]))
+               torch.randint(1, 40, (2, 5), generator=torch.Generator().manual_seed(2)), torch.tensor([1,
+                                                                                                       2]), torch.tensor([3, 4]))
     res = A.sweep(attn_toy, t.tokens, A.task_values(attn_toy, t, "zero"), t.metric)
     assert res.drop.shape == (8,) and torch.isfinite(res.drop).all()
 

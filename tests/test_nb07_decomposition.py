@@ -128,7 +128,8 @@ def test_matched_recovery_uses_the_component_that_writes_most():
     writes = torch.zeros(2, 3, 2)
     writes[0, 0] = torch.tensor([2.0, 0.0])    # feature 0: the biggest write is aligned
     writes[0, 1] = torch.tensor([0.0, 0.1])
-    writes[1, 2] = torch.tensor([1.0, 0.0])    # feature 1: the biggest write is orthogonal (an aligned direction elsewhere does not count)
+    # feature 1: the biggest write is orthogonal (an aligned direction elsewhere does not count)
+    writes[1, 2] = torch.tensor([1.0, 0.0])
     writes[1, 1] = torch.tensor([0.0, 0.5])
     assert math.isclose(A.matched_recovery(true, writes), 0.5, abs_tol=1e-6)
     with pytest.raises(ValueError, match="writes must be"):

@@ -43,7 +43,8 @@ def test_offline_model_loads_with_no_connection_attempt(tmp_path):
     r = run_py("from mi_tutor import setup; setup(quiet=True)\n"
                "from mi_tutor.models import load_lm; m = load_lm('smollm2-135m')\n"
                "import torch; from mi_tutor.plots import attention_view\n"
-               "html = attention_view(['a', 'b'], torch.eye(2)[None])._repr_html_()  # circuitsvis pings google.com unless stopped\n"
+               # circuitsvis pings google.com on every render unless mi_tutor stops it
+               "html = attention_view(['a', 'b'], torch.eye(2)[None])._repr_html_()\n"
                "print('layers', m.cfg.n_layers, 'circuitsvis html', len(html) > 1000)", guarded_env(log))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "layers 30 circuitsvis html True" in r.stdout

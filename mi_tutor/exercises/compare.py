@@ -24,7 +24,8 @@ def _tensor_type_problem(got: Any, want: torch.Tensor, where: str) -> str | None
         if isinstance(got, np.ndarray):
             return f"{where} is a numpy array; the task asks for a torch.Tensor (torch.as_tensor(...) converts it)"
         if want.dim() == 0 and isinstance(got, numbers.Number) and not isinstance(got, bool):
-            return f"{where} is a Python {type(got).__name__}; the task asks for a scalar torch.Tensor (do not call .item() or float())"
+            return (f"{where} is a Python {type(got).__name__}; the task asks for a scalar torch.Tensor "
+                    f"(do not call .item() or float())")
         return f"{where} is a {type(got).__name__}, expected a torch.Tensor"
     if got.device.type == "meta":
         return f"{where} is a meta tensor (it has a shape but no values): compute it from the inputs"

@@ -336,7 +336,8 @@ def _run(name: Any, fn: Any, hint_level: Any) -> CheckResult:
             return failed
         changed = _changed_input(ex, (args, kwargs), mine)
         if changed is not None:
-            ask = "the task asks for a new tensor: copy first" if ex.returns_copy else "leave the inputs as they are: work on a copy"
+            ask = ("the task asks for a new tensor: copy first" if ex.returns_copy
+                   else "leave the inputs as they are: work on a copy")
             desc = f"your function changed its input `{changed}` in place"
             return _failure(ex, f"{desc} (on inputs {describe_inputs(args, kwargs)}); {ask} "
                                 f"(e.g. {changed}.clone()) and change the copy", desc, hint_level, "mutation")
@@ -369,7 +370,9 @@ def check(name: str, fn: Callable[..., Any], hint_level: int = 0) -> None:
     """Check a learner's implementation of exercise `name`; print the verdict (one line on success).
 
     In strict mode (``MI_TUTOR_STRICT=1``, set by the test suite) a failure raises
-    `ExerciseFailed`; otherwise it only prints, so a learner never sees a traceback.
+    `ExerciseFailed`; otherwise it only prints, so a learner never sees a traceback. The one
+    exception is an interrupt (the stop button, Ctrl-C): after its line, KeyboardInterrupt is
+    raised again, so that Run All stops there as it does for any interrupted cell.
     Returns None so that a bare ``check(...)`` cell shows only the verdict; use `run_check`
     for the `CheckResult`.
     """
@@ -378,6 +381,10 @@ def check(name: str, fn: Callable[..., Any], hint_level: int = 0) -> None:
     if not result.passed and strict_checks():
         raise ExerciseFailed(result.message)
     print(result.message)
+    if result.kind == "interrupted":
+        # the learner pressed stop: after the one line, stop as Jupyter does, so that a
+        # Run All halts here instead of going on to the next (perhaps long) cells
+        raise KeyboardInterrupt from None
 
 
 def _log_for_grading(result: CheckResult) -> None:

@@ -103,7 +103,8 @@ def _all_heads(resid, zt, zs, W_O, W_Q, sender):
 
 register(Exercise(
     name="path_patched_query", notebook=NB, reference=path_patched_query, cases=_pp_cases,
-    hints=["The sender's output reaches the receiver through the residual stream: its contribution is z[:, :, sender] @ W_O[sender].",
+    hints=["The sender's output reaches the receiver through the residual stream: its contribution is z[:, :, sender] "
+           "@ W_O[sender].",
            "Patching changes the residual stream by the DIFFERENCE source - target of that contribution.",
            "Add the difference to the target residual stream, then multiply by the receiver's W_Q."],
     mistakes=[
@@ -190,7 +191,8 @@ register(Exercise(
            "Subtract the attention to S2 from the attention to IO and average over prompts: [head]."],
     mistakes=[
         Mistake("you swapped query and key: read the row of the final token (query = -1), not its column",
-                lambda pat, io, s2: (pat[torch.arange(pat.shape[0]), :, io, -1] - pat[torch.arange(pat.shape[0]), :, s2, -1]).mean(0)),
+                lambda pat, io, s2: (pat[torch.arange(pat.shape[0]), :, io, -1] - pat[torch.arange(pat.shape[0]), :, s2,
+                                                                                      -1]).mean(0)),
         Mistake("you used the first prompt's positions for every prompt",
                 lambda pat, io, s2: io_minus_s_attention(pat, io[:1].expand_as(io), s2[:1].expand_as(s2))),
         Mistake("you indexed the key axis with the whole io_pos vector, so every prompt is read at every prompt's "

@@ -137,14 +137,16 @@ register(Exercise(
     reference=S.ica_matrix,
     cases=lambda rng: [_ica_case(rng, 2, 3, 5), _ica_case(rng, 3, 2, 4), _ica_case(rng, 1, 4, 6)],
     hints=[
-        "Centre each head's table row by row: subtract, for every input token, the mean of its logits over output tokens (mean over the LAST axis).",
+        "Centre each head's table row by row: subtract, for every input token, the mean of its logits over output "
+        "tokens (mean over the LAST axis).",
         "Flatten each head's [n, n] table to n*n numbers and divide by that head's standard deviation.",
         "FastICA treats rows as samples and columns as features: return [n*n, n_layers*n_heads] (heads are the columns).",
     ],
     mistakes=[
         Mistake("you did not centre each input token's row (a constant shift of a row's logits is meaningless)", _ica_no_centre),
         Mistake("you did not scale each head to unit standard deviation, so big heads dominate", _ica_no_scale),
-        Mistake("you returned heads as rows: FastICA needs the (input, output) pairs as rows and heads as columns", _ica_heads_as_rows),
+        Mistake("you returned heads as rows: FastICA needs the (input, output) pairs as rows and heads as columns",
+                _ica_heads_as_rows),
         Mistake("you centred the columns (over input tokens) instead of each input token's row", _ica_centre_columns),
     ],
 ))
@@ -188,7 +190,8 @@ register(Exercise(
     cases=lambda rng: [_ablate_case(rng, 3, 4, 5, 2), _ablate_case(rng, 2, 6, 3, 4), _ablate_case(rng, 4, 2, 2, 3)],
     hints=[
         "Clone z first, then overwrite only z[:, :, head].",
-        "mean_z is [pos, head, d_head]: the mean was taken over prompts but kept per position. Broadcast it over the batch with mean_z[None, :, head].",
+        "mean_z is [pos, head, d_head]: the mean was taken over prompts but kept per position. Broadcast it over the "
+        "batch with mean_z[None, :, head].",
     ],
     mistakes=[
         Mistake("you zero-ablated the head instead of replacing it by its mean", _ablate_zero),
@@ -233,8 +236,10 @@ register(Exercise(
         "Sum the product over positions (dim 1) and d_head (dim 3), keep the head axis, then average over the batch (dim 0).",
     ],
     mistakes=[
-        Mistake("you multiplied the gradient by the activation itself (gradient x activation) instead of by the DIFFERENCE z_source - z_target", _attr_no_difference),
-        Mistake("the sign is flipped: patching moves z from the target value to the source value, so use z_source - z_target", _attr_wrong_sign),
+        Mistake("you multiplied the gradient by the activation itself (gradient x activation) instead of by the "
+                "DIFFERENCE z_source - z_target", _attr_no_difference),
+        Mistake("the sign is flipped: patching moves z from the target value to the source value, so use z_source - z_target",
+                _attr_wrong_sign),
         Mistake("you summed over the batch instead of averaging over prompts", _attr_sum_batch),
         Mistake("you used only the last position; a head's output at every position can matter", _attr_last_pos),
     ],

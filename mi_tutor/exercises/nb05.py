@@ -91,7 +91,8 @@ register(Exercise(
     cases=lambda rng: [_kl_case(rng, 2, 3, 7), _kl_case(rng, 1, 5, 11), _kl_case(rng, 3, 2, 5)],
     hints=[
         "Turn both logit tensors into log-probabilities with log_softmax(-1) first.",
-        "KL(P || Q) = sum over the vocabulary of p * (log p - log q), with P the CLEAN model; then average over prompts and positions.",
+        "KL(P || Q) = sum over the vocabulary of p * (log p - log q), with P the CLEAN model; then average over "
+        "prompts and positions.",
     ],
     mistakes=[
         Mistake("you computed KL(ablated || clean): the clean model must be the reference distribution P", _kl_reversed),
@@ -133,7 +134,8 @@ register(Exercise(
     cases=lambda rng: [_split_case(rng, 3, 4), _split_case(rng, 5, 2), _split_case(rng, 2, 6)],
     hints=[
         "Total effect: how much the logit difference fell, ld_clean - ld_ablated.",
-        "Direct effect: how much the head's OWN direct term fell, dla_clean[head] - dla_ablated[head] (an ablated head still writes something).",
+        "Direct effect: how much the head's OWN direct term fell, dla_clean[head] - dla_ablated[head] (an ablated "
+        "head still writes something).",
         "Compensation is what the rest of the network gave back: direct - total (positive = self-repair).",
     ],
     mistakes=[
@@ -176,7 +178,8 @@ register(Exercise(
     cases=lambda rng: [_cov_case(rng, 12, 2, 3), _cov_case(rng, 20, 3, 2), _cov_case(rng, 8, 1, 4)],
     hints=[
         "Centre both: subtract the mean over prompts (axis 0) from per_prompt and from target.",
-        "Pearson correlation = sum(x * y) / (sqrt(sum x^2) * sqrt(sum y^2)), all sums over prompts; broadcast y as y[:, None, None].",
+        "Pearson correlation = sum(x * y) / (sqrt(sum x^2) * sqrt(sum y^2)), all sums over prompts; broadcast y as "
+        "y[:, None, None].",
     ],
     mistakes=[
         Mistake("you returned the covariance: without dividing by both standard deviations the score depends on the head's scale",

@@ -50,7 +50,8 @@ register(Exercise(
     reference=sae_loss,
     cases=_sae_cases,
     hints=[
-        "Two terms: reconstruction ||h - h_hat||^2 and sparsity l1_coeff * ||z||_1, both per input, then averaged over the batch.",
+        "Two terms: reconstruction ||h - h_hat||^2 and sparsity l1_coeff * ||z||_1, both per input, then averaged "
+        "over the batch.",
         "Per input, SUM over dimensions: ((h - h_hat) ** 2).sum(-1) and z.abs().sum(-1); then .mean() over the batch.",
         "Return one scalar tensor: recon + l1_coeff * sparsity.",
     ],

@@ -283,6 +283,9 @@ def resolve_lm_name(name: str | None = None) -> tuple[str, str]:
         name, why = "auto", "no model named"
     else:
         why = "asked for by name"
+    if not isinstance(name, str):
+        raise ValueError(f"load_lm takes a model name as a string ({', '.join(SUPPORTED_LMS)}), "
+                         f"not {type(name).__name__} {name!r}")
     name = name.strip().lower()
     if name not in SUPPORTED_LMS:
         raise ValueError(f"Unknown model {name!r}. Supported: {', '.join(SUPPORTED_LMS)}.")

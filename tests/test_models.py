@@ -16,6 +16,9 @@ from mi_tutor import models
 def test_unknown_model_name_says_what_is_supported():
     with pytest.raises(ValueError, match="Supported: smollm2-135m, gpt2, auto"):
         models.resolve_lm_name("gpt-5")
+    for bad in (123, ["gpt2"], b"gpt2"):
+        with pytest.raises(ValueError, match="takes a model name as a string"):
+            models.load_lm(bad)
 
 
 def test_env_var_pins_the_choice(monkeypatch):

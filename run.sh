@@ -156,6 +156,8 @@ case "$cmd" in
     # The suite always runs on the offline model, whatever the network does, and
     # exercise checks raise instead of printing, so a wrong reference breaks the run.
     export MI_TUTOR_MODEL=smollm2-135m MI_TUTOR_STRICT=1 HF_HUB_OFFLINE=1
+    # where the suite's time went, for `./run.sh bench` (written by tests/conftest.py)
+    export MI_TUTOR_SUITE_RECORD=${MI_TUTOR_SUITE_RECORD:-$ROOT/artifacts/suite.json}
     # Each notebook is executed once (in the real browser, or headless without one; see
     # tests/notebook_run.py), on up to two pytest-xdist workers: one per core this process may
     # use, each kernel on one thread. MI_TUTOR_TEST_WORKERS overrides (0 = no workers).

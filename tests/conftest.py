@@ -121,10 +121,13 @@ def pytest_configure(config):
 
 
 # ----------------------------------------------------------------------------------------
-# The suite's parts: where its time goes (artifacts/suite.json, read by `mi-tutor bench`)
+# The suite's parts: where its time goes (artifacts/suite.json, read by `mi-tutor bench`;
+# written only when $MI_TUTOR_SUITE_RECORD names the file, as `./run.sh test` does)
 # ----------------------------------------------------------------------------------------
 
 _PARTS: dict[str, dict[str, float]] = {}
+#: set by `./run.sh test` (artifacts/suite.json): only a run of the suite records its parts
+SUITE_RECORD_ENV = "MI_TUTOR_SUITE_RECORD"
 
 
 def _part(nodeid: str) -> str:
@@ -154,12 +157,12 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session, exitstatus):
     import time
 
-    if os.environ.get("PYTEST_XDIST_WORKER") or not _PARTS:
+    record = os.environ.get(SUITE_RECORD_ENV)
+    if not record or os.environ.get("PYTEST_XDIST_WORKER") or not _PARTS:
         return
-    import browser_support as bs
-
     started = getattr(session.config, "_mi_tutor_started", time.time())
-    out = bs.artifacts_dir("").parent / "suite.json"
+    out = Path(record)
+    out.parent.mkdir(parents=True, exist_ok=True)
     workers = getattr(session.config.option, "numprocesses", None) or 0
     out.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_s": round(time.time() - started, 1),

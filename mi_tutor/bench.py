@@ -319,10 +319,10 @@ def run_benchmark(notebooks: list[Path] | None = None, out: Path | None = None, 
             print("the suite, beside a busy process ...", flush=True)
             with BusyNeighbour():
                 results["suite"]["beside a busy process"] = bench_suite()
-    elif last_suite_parts():
+    elif recorded := last_suite_parts():
         results["suite"] = {"last run of ./run.sh test, recorded in artifacts/suite.json":
-                            {"wall_s": last_suite_parts()["wall_s"], "exit_status": last_suite_parts()["exit_status"],
-                             "pytest": f"recorded {last_suite_parts()['date']}", "recorded": last_suite_parts()}}
+                            {"wall_s": recorded["wall_s"], "exit_status": recorded["exit_status"],
+                             "pytest": f"recorded {recorded['date']}", "recorded": recorded}}
     results["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(to_markdown(results))

@@ -222,18 +222,31 @@ def slim_outputs(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def execute_notebook(path: Path, timeout: int = 1200, env: dict | None = None) -> nbformat.NotebookNode:
-    """Run a notebook top to bottom in a fresh kernel (cwd = its folder) and return it."""
+def merged_env(changes: dict[str, str | None] | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) with `changes` applied; a None value removes a variable."""
     import os
 
+    env = dict(os.environ if base is None else base)
+    for key, value in (changes or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def execute_notebook(path: Path, timeout: int = 1200, env: dict[str, str | None] | None = None,
+                     allow_errors: bool = False) -> nbformat.NotebookNode:
+    """Run a notebook top to bottom in a fresh kernel (cwd = its folder) and return it.
+
+    `env` changes the kernel's environment (None removes a variable); with `allow_errors`
+    the run goes on past a failing cell, so that every problem can be reported."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(str(path), as_version=4)
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
                             resources={"metadata": {"path": str(path.parent)}})
-    client.execute(env=full_env)  # keyword arguments reach the kernel manager's start_kernel
+    client.execute(env=merged_env(env))  # keyword arguments reach the kernel manager's start_kernel
     return nb
 
 

@@ -34,6 +34,8 @@ from typing import Any
 
 import nbformat
 
+from mi_tutor.notebooks import merged_env
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 CHROMIUM = Path(os.environ.get("MI_TUTOR_CHROMIUM", "/usr/bin/chromium"))
@@ -210,11 +212,7 @@ class JupyterLabServer:
             JUPYTER_PLATFORM_DIRS="1",
             PYTHONUNBUFFERED="1",
         )
-        for key, value in self.env.items():  # None removes a variable
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = value
+        env = merged_env(self.env, base=env)  # a None value removes a variable
         bindir = Path(sys.executable).parent
         cmd = [
             str(bindir / "jupyter"), "lab",

@@ -59,12 +59,8 @@ def _notebook_seconds() -> dict[str, float]:
 
 
 def _notebook_of(item) -> str | None:
-    """The notebook a test item executes or reads (its ``path`` or ``src`` parameter), if any."""
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    path = params.get("path", params.get("src"))
-    if path is None or not str(path).endswith(".ipynb"):
-        return None
-    return Path(path).stem
+    path = notebook_run.item_notebook(item)
+    return None if path is None else path.stem
 
 
 @pytest.hookimpl(tryfirst=True)

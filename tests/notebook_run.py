@@ -205,6 +205,13 @@ SOURCE_TEST = "test_notebook_runs_in_the_browser"
 STUDENT_TEST = "test_student_notebook_first_check_fails_friendly_in_the_browser"
 
 
+def item_notebook(item: Any) -> Path | None:
+    """The notebook a parametrised test item runs or reads (its ``path`` or ``src`` parameter), if any."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    path = params.get("path", params.get("src"))
+    return Path(path) if path is not None and str(path).endswith(".ipynb") else None
+
+
 def browser_coverage(items: Iterable[Any], browser_ready: bool) -> dict[str, set[str]]:
     """Names of the source and student notebooks that selected browser tests will execute.
 
@@ -213,12 +220,11 @@ def browser_coverage(items: Iterable[Any], browser_ready: bool) -> dict[str, set
     if not browser_ready:
         return covered
     for item in items:
-        name = getattr(item, "originalname", "")
-        path = getattr(getattr(item, "callspec", None), "params", {}).get("path")
+        name, path = getattr(item, "originalname", ""), item_notebook(item)
         if path is None:
             continue
         if name == SOURCE_TEST:
-            covered["source"].add(Path(path).name)
+            covered["source"].add(path.name)
         elif name == STUDENT_TEST:
-            covered["student"].add(Path(path).name)
+            covered["student"].add(path.name)
     return covered

@@ -8,14 +8,13 @@ the kernel attempted no network connection.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
 import pytest
 
 import notebook_run
-from mi_tutor.notebooks import source_notebooks
+from mi_tutor.notebooks import execute_notebook, source_notebooks
 
 SOURCES = source_notebooks()
 KERNEL_ENV = {"MI_TUTOR_STRICT": "1", "MI_TUTOR_MODEL": "smollm2-135m"}
@@ -26,19 +25,8 @@ CELL_TIMEOUT = 900
 def execute_guarded(path: Path, netlog: Path) -> nbformat.NotebookNode:
     """Run `path` top to bottom in a fresh kernel under the network guard; keep going past an
     error so that every problem is reported, and return the executed notebook."""
-    from nbclient import NotebookClient
-
-    env = dict(os.environ, **KERNEL_ENV)
-    for key, value in notebook_run.guarded_env(netlog).items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    nb = nbformat.read(str(path), as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(path.parent)}})
-    client.execute(env=env)
-    return nb
+    return execute_notebook(path, timeout=CELL_TIMEOUT, env={**KERNEL_ENV, **notebook_run.guarded_env(netlog)},
+                            allow_errors=True)
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=[p.name for p in SOURCES])

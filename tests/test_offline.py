@@ -4,30 +4,25 @@ also runs its kernel under this guard and must attempt no connection at all (not
 circuitsvis's ping, not the hub, not wandb): see `notebook_run` and `test_browser.py`."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-GUARD = Path(__file__).parent / "netguard"
+import notebook_run
+
+from mi_tutor.notebooks import merged_env
+
+attempts = notebook_run.attempts
 
 
-def guarded_env(log: Path, **extra) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(GUARD), env.get("PYTHONPATH", "")]).strip(os.pathsep)
-    env["MI_TUTOR_NETGUARD_LOG"] = str(log)
-    env.pop("HF_HUB_OFFLINE", None)  # prove the code is offline by itself, not by this flag
-    env.pop("MI_TUTOR_MODEL", None)
-    env.update(extra)
-    return env
+def guarded_env(log: Path) -> dict:
+    """This process's environment with the guard on, HF_HUB_OFFLINE unset (the code must be
+    offline by itself, not by this flag) and no model pinned."""
+    return merged_env({**notebook_run.guarded_env(log), "MI_TUTOR_MODEL": None})
 
 
 def run_py(code: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-
-
-def attempts(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
 
 
 def test_the_guard_refuses_and_records(tmp_path):

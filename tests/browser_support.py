@@ -34,6 +34,7 @@ from typing import Any
 
 import nbformat
 
+import notebook_run  # tests/ is on sys.path (conftest.py and test_browser.py put it there)
 from mi_tutor.notebooks import merged_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -599,17 +600,8 @@ class LabNotebook:
     def problems(self, upto: int | None = None) -> list[str]:
         """Error outputs and stderr text in the notebook (cells 0..upto), plus widgets that
         failed to render, each described in one line."""
-        st = self.state()
-        found = []
-        for i, c in enumerate(st["cells"]):
-            if upto is not None and i > upto:
-                break
-            for o in c["outputs"]:
-                if o.get("output_type") == "error" and "raises-exception" not in c.get("tags", []):
-                    tb = _strip_ansi("\n".join(o.get("traceback", [])))
-                    found.append(f"cell {i}: error {o.get('ename')}: {o.get('evalue')}\n{tb[-1500:]}")
-                elif o.get("output_type") == "stream" and o.get("name") == "stderr":
-                    found.append(f"cell {i}: stderr: {_join(o.get('text', ''))[:800]}")
+        cells = self.state()["cells"][: None if upto is None else upto + 1]
+        found = notebook_run.run_problems([c["outputs"] for c in cells], [c.get("tags", []) for c in cells], tracebacks=True)
         # what the page shows: widgets that failed to render, and stderr/errors printed
         # inside widget Output areas (those are not in the notebook model)
         dom = self.page.evaluate(
@@ -640,9 +632,6 @@ class LabNotebook:
 def _join(x) -> str:
     return "".join(x) if isinstance(x, list) else str(x)
 
-
-def _strip_ansi(s: str) -> str:
-    return re.sub(r"\x1b\[[0-9;]*m", "", s)
 
 
 # ----------------------------------------------------------------------------------------

@@ -164,14 +164,16 @@ def compare_checked_outputs(committed: nbformat.NotebookNode, outputs_by_cell: l
     return problems
 
 
-def run_problems(outputs_by_cell: list[list[dict]], tags_by_cell: list[list[str]]) -> list[str]:
-    """Errors (outside cells tagged ``raises-exception``) and stderr text, one line each."""
+def run_problems(outputs_by_cell: list[list[dict]], tags_by_cell: list[list[str]], tracebacks: bool = False) -> list[str]:
+    """Errors (outside cells tagged ``raises-exception``) and stderr text, one line each
+    (with `tracebacks`, each error also carries the end of its traceback)."""
     found = []
     for i, (outputs, tags) in enumerate(zip(outputs_by_cell, tags_by_cell)):
         for out in outputs:
             kind = out.get("output_type")
             if kind == "error" and "raises-exception" not in tags:
-                found.append(f"cell {i}: error {out.get('ename')}: {out.get('evalue')}")
+                tb = "\n" + re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(out.get("traceback", [])))[-1500:] if tracebacks else ""
+                found.append(f"cell {i}: error {out.get('ename')}: {out.get('evalue')}{tb}")
             elif kind == "stream" and out.get("name") == "stderr":
                 found.append(f"cell {i}: stderr: {_text(out.get('text', ''))[:800]}")
     return found

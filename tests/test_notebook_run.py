@@ -77,6 +77,8 @@ def test_run_problems_lists_errors_and_stderr_but_allows_tagged_cells():
     err = {"output_type": "error", "ename": "ValueError", "evalue": "bad", "traceback": []}
     found = nr.run_problems([[err], [err], [out("warn", "stderr")], [out("ok\n")]], [[], ["raises-exception"], [], []])
     assert found == ["cell 0: error ValueError: bad", "cell 2: stderr: warn"]
+    err["traceback"] = ["\x1b[31mValueError\x1b[0m", "at line 3"]
+    assert nr.run_problems([[err]], [[]], tracebacks=True) == ["cell 0: error ValueError: bad\nValueError\nat line 3"]
 
 
 def test_sanitizers_are_read_in_order_from_the_config():

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import metrics
+from .lab import scores as head_scores
+from .lab.hooks import activations, hook_name
+from .lab.patching import Patch, ablation_values, run_copies
 from .models import attn_only_model
 from .plots import finish
 from .training import History, LivePlot, train
@@ -103,7 +105,7 @@ def make_batch(task: TaskConfig, batch_size: int, generator: torch.Generator) ->
 
 def split_loss(logits: torch.Tensor, tokens: torch.Tensor, repeated: torch.Tensor) -> tuple[float, float]:
     """Mean loss on repeated tokens and on first-occurrence tokens."""
-    loss = metrics.per_token_loss(logits, tokens)
+    loss = head_scores.per_token_loss(logits, tokens)
     return loss[repeated].mean().item(), loss[~repeated].mean().item()
 
 
@@ -147,9 +149,9 @@ class Run:
         """Wall-clock seconds of the training loop (inflated when the machine is shared)."""
         return self.history.seconds
 
-    def scores(self) -> metrics.HeadScores:
+    def scores(self) -> head_scores.HeadScores:
         """Per-head scores of the trained model on the probe sequences."""
-        return metrics.score_all_heads(self.model, half_len=self.config.probe_half_len,
+        return head_scores.score_all_heads(self.model, half_len=self.config.probe_half_len,
                                        tokens=self.probe_tokens, batch_size=len(self.probe_tokens))
 
 
@@ -157,7 +159,7 @@ def probe_tokens(task: TaskConfig, half_len: int, n: int = 16, seed: int = 1234)
     """Repeated random tokens ``[n, 2*half_len]`` for scoring the toy models' heads."""
     if 2 * half_len > task.n_ctx:
         raise ValueError(f"probe of 2*{half_len} tokens does not fit in n_ctx={task.n_ctx}")
-    return metrics.random_repeated_tokens(n, half_len, 0, task.d_vocab, seed=seed)
+    return head_scores.random_repeated_tokens(n, half_len, 0, task.d_vocab, seed=seed)
 
 
 def toy_params(model_or_state: Any) -> dict[str, torch.Tensor]:
@@ -231,7 +233,7 @@ def fast_forward(model_or_state: Any, tokens: torch.Tensor, n_heads: int | None 
 
 @torch.no_grad()
 def _patterns(model, tokens: torch.Tensor) -> list[torch.Tensor]:
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    names = [hook_name(l, "pattern") for l in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     return [cache[n] for n in names]
 
@@ -279,8 +281,8 @@ def train_induction(cfg: RunConfig, live: bool = True, progress: bool = True) ->
     def eval_fn(step: int) -> dict[str, float]:
         rep, first = split_loss(fast_forward(params, eval_tokens, n_heads), eval_tokens, eval_rep)
         _, pats = fast_forward(params, probe, n_heads, return_patterns=True)
-        ind = torch.stack([metrics.induction_score(p, cfg.probe_half_len).mean(0) for p in pats])
-        prev = torch.stack([metrics.previous_token_score(p).mean(0) for p in pats])
+        ind = torch.stack([head_scores.induction_score(p, cfg.probe_half_len).mean(0) for p in pats])
+        prev = torch.stack([head_scores.previous_token_score(p).mean(0) for p in pats])
         snaps.append(torch.stack([p[0] for p in pats]).half())
         snap_steps.append(step)
         out = {"loss_repeated": rep, "loss_first": first, "induction": ind[-1].max().item()}
@@ -358,18 +360,18 @@ class Circuit:
         ])
 
 
-def find_circuit(model, scores: metrics.HeadScores) -> Circuit:
+def find_circuit(model, scores: head_scores.HeadScores) -> Circuit:
     """Pick the induction head (best induction score in the last layer) and the previous-token head
     (best previous-token score in layer 0) from computed scores, and compute the weight scores."""
     if model.cfg.n_layers != 2:
         raise ValueError("find_circuit expects a 2-layer model (layer 0 -> layer 1)")
     ind_h = int(scores.induction[1].argmax())
     prev_h = int(scores.previous_token[0].argmax())
-    w = metrics.head_weights(model)
-    ov = torch.tensor([[metrics.ov_copying_score(w.W_E, w.ov(l, h), w.W_U) for h in range(model.cfg.n_heads)]
+    w = head_scores.head_weights(model)
+    ov = torch.tensor([[head_scores.ov_copying_score(w.W_E, w.ov(l, h), w.W_U) for h in range(model.cfg.n_heads)]
                        for l in range(model.cfg.n_layers)])
-    kc = metrics.composition_scores(w, 0, 1, "K")
-    base = metrics.composition_baseline(model.cfg.d_model, model.cfg.d_head)
+    kc = head_scores.composition_scores(w, 0, 1, "K")
+    base = head_scores.composition_baseline(model.cfg.d_model, model.cfg.d_head)
     return Circuit((0, prev_h), (1, ind_h), float(scores.previous_token[0, prev_h]),
                    float(scores.induction[1, ind_h]), float(scores.duplicate_token[1, ind_h]),
                    ov, kc, base, scores.chance)
@@ -381,66 +383,32 @@ def find_circuit(model, scores: metrics.HeadScores) -> Circuit:
 
 
 @torch.no_grad()
-def mean_ablation_hook(model, tokens: torch.Tensor, layer: int, head: int):
-    """A hook that replaces one head's output ``z`` by its mean over the batch, position by position.
-
-    Mean ablation keeps the head's average contribution (so later layers see inputs of the
-    usual size) and removes only what depends on the particular tokens: here, which token
-    came just before. Zero ablation would also remove the average and push the model off
-    its usual inputs. Notebook 05 compares zero, mean and resample ablation.
-    """
-    name = f"blocks.{layer}.attn.hook_z"
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name)
-    mean_z = cache[name][:, :, head].mean(0, keepdim=True)  # [1, pos, d_head]
-
-    def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
-        z = z.clone()
-        z[:, :, head] = mean_z.expand(z.shape[0], -1, -1)
-        return z
-
-    return name, hook
-
-
-@torch.no_grad()
 def ablation_experiment(model, circuit: Circuit, tokens: torch.Tensor, half_len: int) -> dict[str, float]:
     """Induction score of the induction head: clean, with the previous-token head mean-ablated,
     and ablated but with the induction head's *keys* (or, as a control, its *queries*)
     patched back from the clean run.
 
-    Restoring the keys alone brings the score back if the previous-token head acts through
-    K-composition, the mechanism Elhage et al. (2021) describe.
+    Mean ablation replaces the head's output ``z`` by its mean over the batch, position by
+    position: it keeps the head's average contribution and removes only what depends on the
+    tokens (here, which token came just before). Restoring the keys alone brings the score
+    back if the previous-token head acts through K-composition (Elhage et al. 2021). All
+    three runs are copies of one `run_copies` pass.
     """
     (l0, h0), (l1, h1) = circuit.previous_token_head, circuit.induction_head
-    pat = f"blocks.{l1}.attn.hook_pattern"
-    names = {pat, f"blocks.{l1}.attn.hook_k", f"blocks.{l1}.attn.hook_q"}
-    _, clean = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    abl_name, abl_hook = mean_ablation_hook(model, tokens, l0, h0)
-
-    def restore(kind: str):
-        clean_act = clean[f"blocks.{l1}.attn.hook_{kind}"]
-
-        def hook(x: torch.Tensor, hook=None) -> torch.Tensor:
-            x = x.clone()
-            x[:, :, h1] = clean_act[:, :, h1]
-            return x
-        return (f"blocks.{l1}.attn.hook_{kind}", hook)
-
-    def score_with(hooks) -> float:
-        with model.hooks(fwd_hooks=hooks):
-            _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == pat)
-        return metrics.induction_score(cache[pat][:, h1], half_len).mean().item()
-
-    return {
-        "clean": metrics.induction_score(clean[pat][:, h1], half_len).mean().item(),
-        "ablated": score_with([(abl_name, abl_hook)]),
-        "ablated + keys restored": score_with([(abl_name, abl_hook), restore("k")]),
-        "ablated + queries restored": score_with([(abl_name, abl_hook), restore("q")]),
-    }
+    pat = hook_name(l1, "pattern")
+    mean = ablation_values(model, tokens, "mean", tokens, layers=[l0])[l0]
+    clean = activations(model, tokens, [hook_name(l1, "k"), hook_name(l1, "q")])
+    ablate = Patch(l0, h0, mean)
+    copies = [[ablate], [ablate, Patch(l1, h1, clean[hook_name(l1, "k")], "k")],
+              [ablate, Patch(l1, h1, clean[hook_name(l1, "q")], "q")]]
+    _, cap = run_copies(model, tokens, copies, capture=[pat], stop_after_layer=l1)
+    score = [head_scores.induction_score(p[:, h1], half_len).mean().item() for p in cap[pat]]
+    return dict(zip(["clean", "ablated", "ablated + keys restored", "ablated + queries restored"], score))
 
 
 __all__ = [
     "TaskConfig", "make_batch", "split_loss", "RunConfig", "Run", "probe_tokens", "train_induction",
-    "PhaseChange", "phase_change", "Circuit", "find_circuit", "mean_ablation_hook", "ablation_experiment",
+    "PhaseChange", "phase_change", "Circuit", "find_circuit", "ablation_experiment",
 ]
 
 
@@ -500,8 +468,8 @@ def plot_snapshot(run: Run, index: int, heads: list[tuple[int, int]] | None = No
     for ax, (l, hd) in zip(axes[1:], heads):
         pat = run.snapshots[index, l, hd].float()
         ax.imshow(pat, cmap="Blues", vmin=0, vmax=1)
-        prev = metrics.previous_token_score(pat).item()
-        ind = metrics.induction_score(pat, L).item()
+        prev = head_scores.previous_token_score(pat).item()
+        ind = head_scores.induction_score(pat, L).item()
         ax.set_title(f"L{l}H{hd}: prev {prev:.2f}, ind {ind:.2f}", fontsize=9)
         ax.set_xlabel("key")
         ax.set_ylabel("query")
@@ -509,7 +477,7 @@ def plot_snapshot(run: Run, index: int, heads: list[tuple[int, int]] | None = No
     return finish(fig)
 
 
-def plot_head(pattern: torch.Tensor, labels: list[str], scores: metrics.HeadScores, layer: int, head: int,
+def plot_head(pattern: torch.Tensor, labels: list[str], scores: head_scores.HeadScores, layer: int, head: int,
               title: str = ""):
     """One head: its attention on a repeated sequence, and its three scores next to the model's best."""
     import matplotlib.pyplot as plt
@@ -570,7 +538,7 @@ def text_windows(model, n_ctx: int, max_windows: int = 10) -> torch.Tensor:
     Window i is the opening of corpus document i (the first ``n_ctx - 1`` tokens), so the
     windows cover different topics; documents shorter than that are skipped.
     """
-    bos = metrics.token_range(model)[2]
+    bos = head_scores.token_range(model)[2]
     body = n_ctx - (1 if bos is not None else 0)
     rows = []
     for doc in load_corpus():
@@ -594,7 +562,7 @@ def loss_by_position(model, tokens: torch.Tensor, batch_size: int = 1) -> torch.
     out = []
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i: i + batch_size]
-        out.append(metrics.per_token_loss(model(batch), batch))
+        out.append(head_scores.per_token_loss(model(batch), batch))
     return torch.cat(out)
 
 
@@ -613,7 +581,7 @@ def token_labels(model, tokens: torch.Tensor) -> list[str]:
     return [model.tokenizer.decode([int(t)]).replace("\n", "\\n") for t in tokens]
 
 
-def literature_table(scores: metrics.HeadScores) -> list[tuple[str, str, float, int]]:
+def literature_table(scores: head_scores.HeadScores) -> list[tuple[str, str, float, int]]:
     """For GPT-2 small: (source, head, our induction or previous-token score, its rank among all heads)."""
     rows = []
     for source, heads in GPT2_LITERATURE.items():
@@ -626,7 +594,7 @@ def literature_table(scores: metrics.HeadScores) -> list[tuple[str, str, float, 
     return rows
 
 
-def plot_repeat_loss(scores: metrics.HeadScores, title: str = ""):
+def plot_repeat_loss(scores: head_scores.HeadScores, title: str = ""):
     """Per-token loss along a repeated random sequence: high on the first copy, low on the second."""
     import matplotlib.pyplot as plt
 
@@ -669,7 +637,7 @@ def plot_icl(loss: torch.Tensor, early: int, late: int, halfwidth: int, title: s
     return finish(fig)
 
 
-def plot_score_maps(scores: metrics.HeadScores, title: str = "", names=("previous_token", "induction", "duplicate_token")):
+def plot_score_maps(scores: head_scores.HeadScores, title: str = "", names=("previous_token", "induction", "duplicate_token")):
     """One layer x head heatmap per score, on a shared 0-1 colour scale."""
     import matplotlib.pyplot as plt
 
@@ -727,9 +695,9 @@ def format_report(rows: list[dict]) -> str:
 class HeadExplorerData:
     """Precomputed patterns and scores, per model name, for the head explorer."""
 
-    entries: dict[str, tuple[torch.Tensor, list[str], metrics.HeadScores]] = field(default_factory=dict)
+    entries: dict[str, tuple[torch.Tensor, list[str], head_scores.HeadScores]] = field(default_factory=dict)
 
-    def add(self, name: str, model, tokens: torch.Tensor, scores: metrics.HeadScores) -> None:
+    def add(self, name: str, model, tokens: torch.Tensor, scores: head_scores.HeadScores) -> None:
         """Store every head's attention on the 1-D repeated sequence `tokens`, and the model's scores."""
         self.entries[name] = (all_patterns(model, tokens), token_labels(model, tokens), scores)
 

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from mi_tutor import induction, metrics
+from mi_tutor import induction
+from mi_tutor.lab import scores
 
 
 @pytest.fixture(autouse=True)
@@ -68,9 +69,9 @@ def _ideal_patterns(seq: int, half: int, start: int = 0) -> torch.Tensor:
 
 def test_pattern_scores_on_ideal_heads():
     pats = _ideal_patterns(13, 6, start=1)[None]  # [1, 2 heads, 13, 13]
-    prev = metrics.previous_token_score(pats)
-    ind = metrics.induction_score(pats, 6, start=1)
-    dup = metrics.duplicate_token_score(pats, 6, start=1)
+    prev = scores.previous_token_score(pats)
+    ind = scores.induction_score(pats, 6, start=1)
+    dup = scores.duplicate_token_score(pats, 6, start=1)
     assert prev.shape == (1, 2)
     assert prev[0, 0] == pytest.approx(1.0) and ind[0, 1] == pytest.approx(1.0)
     assert ind[0, 0] == pytest.approx(0.0) and dup[0, 1] == pytest.approx(0.0)
@@ -80,14 +81,14 @@ def test_uniform_head_scores_about_chance():
     seq = 40
     uni = torch.tril(torch.ones(seq, seq))
     uni = uni / uni.sum(-1, keepdim=True)
-    assert metrics.induction_score(uni, 20).item() == pytest.approx(metrics.chance_level(seq), rel=1e-5)
+    assert scores.induction_score(uni, 20).item() == pytest.approx(scores.chance_level(seq), rel=1e-5)
 
 
 def test_pattern_scores_reject_bad_shapes():
     with pytest.raises(ValueError, match="query, key"):
-        metrics.previous_token_score(torch.zeros(3, 4))
+        scores.previous_token_score(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="does not fit"):
-        metrics.induction_score(torch.zeros(10, 10), half_len=6)
+        scores.induction_score(torch.zeros(10, 10), half_len=6)
 
 
 # ------------------------------------------------------------------ weight scores
@@ -95,12 +96,12 @@ def test_pattern_scores_reject_bad_shapes():
 def test_ov_copying_score_identity_and_random():
     W_E = torch.randn(50, 16)
     W_U = W_E.T.clone()
-    assert metrics.ov_copying_score(W_E, torch.eye(16), W_U) > 0.9
+    assert scores.ov_copying_score(W_E, torch.eye(16), W_U) > 0.9
     g = torch.Generator().manual_seed(0)
-    assert metrics.ov_copying_score(W_E, -torch.eye(16), W_U) == 0.0
-    assert metrics.ov_copying_score(W_E, torch.randn(16, 16, generator=g), torch.randn(16, 50, generator=g)) < 0.2
+    assert scores.ov_copying_score(W_E, -torch.eye(16), W_U) == 0.0
+    assert scores.ov_copying_score(W_E, torch.randn(16, 16, generator=g), torch.randn(16, 50, generator=g)) < 0.2
     with pytest.raises(ValueError, match="do not chain"):
-        metrics.ov_copying_score(W_E, torch.eye(8), W_U)
+        scores.ov_copying_score(W_E, torch.eye(8), W_U)
 
 
 def test_k_composition_detects_aligned_heads_and_differs_from_q_composition():
@@ -109,21 +110,21 @@ def test_k_composition_detects_aligned_heads_and_differs_from_q_composition():
     ov = torch.randn(d, r, generator=g) @ torch.randn(r, d, generator=g)
     aligned_qk = torch.randn(d, d, generator=g) @ ov  # its keys read exactly the subspace the head writes
     unrelated_qk = torch.randn(d, r, generator=g) @ torch.randn(r, d, generator=g)
-    base = metrics.composition_baseline(d, r, n_samples=30)
-    assert metrics.k_composition_score(ov, aligned_qk) > base + 0.1
-    assert metrics.k_composition_score(ov, unrelated_qk) < base + 0.15
-    assert metrics.k_composition_score(ov, aligned_qk) != pytest.approx(metrics.q_composition_score(ov, aligned_qk))
+    base = scores.composition_baseline(d, r, n_samples=30)
+    assert scores.k_composition_score(ov, aligned_qk) > base + 0.1
+    assert scores.k_composition_score(ov, unrelated_qk) < base + 0.15
+    assert scores.k_composition_score(ov, aligned_qk) != pytest.approx(scores.q_composition_score(ov, aligned_qk))
     # scale-free
-    assert metrics.k_composition_score(3 * ov, 0.1 * aligned_qk) == pytest.approx(metrics.k_composition_score(ov, aligned_qk),
+    assert scores.k_composition_score(3 * ov, 0.1 * aligned_qk) == pytest.approx(scores.k_composition_score(ov, aligned_qk),
                                                                                   rel=1e-5)
 
 
 def test_icl_score_sign_convention():
     loss = torch.linspace(5, 1, 100)[None].repeat(2, 1)  # loss falls with context
-    s = metrics.in_context_learning_score(loss, early=10, late=90, halfwidth=3)
+    s = scores.in_context_learning_score(loss, early=10, late=90, halfwidth=3)
     assert s < 0 and s == pytest.approx(float(loss[0, 90] - loss[0, 10]), rel=1e-5)
     with pytest.raises(ValueError):
-        metrics.in_context_learning_score(loss, early=10, late=99, halfwidth=3)
+        scores.in_context_learning_score(loss, early=10, late=99, halfwidth=3)
 
 
 # ------------------------------------------------------------------ any architecture
@@ -131,27 +132,28 @@ def test_icl_score_sign_convention():
 @pytest.mark.parametrize("fixture", ["gpt2_arch", "smollm2"])
 def test_score_all_heads_shapes_on_both_architectures(fixture, request):
     model = request.getfixturevalue(fixture)
-    s = metrics.score_all_heads(model, half_len=10, n_seqs=2, batch_size=2)
+    s = scores.score_all_heads(model, half_len=10, n_seqs=2, batch_size=2)
     shape = (model.cfg.n_layers, model.cfg.n_heads)
     assert s.induction.shape == shape and s.previous_token.shape == shape and s.duplicate_token.shape == shape
     assert s.start == 1  # BOS first
     assert ((s.induction >= 0) & (s.induction <= 1)).all()
     assert s.loss_by_position.shape == (2 * 10,)
-    w = metrics.head_weights(model)
+    w = scores.head_weights(model)
     assert w.W_K.shape == w.W_Q.shape  # GQA expanded per query head on SmolLM2
     assert w.ov(0, 0).shape == (model.cfg.d_model, model.cfg.d_model)
 
 
 def test_smollm2_has_strong_induction_heads_and_learns_the_repeat(smollm2):
-    s = metrics.score_all_heads(smollm2, half_len=20, n_seqs=4, batch_size=4)
-    (l, h, best) = s.top("induction", 1)[0]
+    s = scores.score_all_heads(smollm2, half_len=20, n_seqs=4, batch_size=4)
+    (l, h), = s.top("induction", 1)
+    best = float(s.induction[l, h])
     assert best > 0.3, f"best induction score {best:.2f} at L{l}H{h}"
     first, second = s.first_vs_second_repeat_loss()
     assert second < 0.5 * first
 
 
 def test_random_gpt2_has_no_induction_heads(gpt2_arch):
-    s = metrics.score_all_heads(gpt2_arch, half_len=10, n_seqs=2, batch_size=2)
+    s = scores.score_all_heads(gpt2_arch, half_len=10, n_seqs=2, batch_size=2)
     assert s.induction.max() < 0.3  # random weights: no prefix matching
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import metrics
+from ..lab import scores
 from .core import Exercise, Mistake, register
 
 NB = "02_induction_heads"
@@ -51,7 +51,7 @@ def _prev_edge_cases():
 register(Exercise(
     name="previous_token_score",
     notebook=NB,
-    reference=metrics.previous_token_score,
+    reference=scores.previous_token_score,
     cases=_prev_cases,
     edge_cases=_prev_edge_cases,
     hints=[
@@ -82,11 +82,11 @@ def _ind_cases(rng):
 
 
 def _ind_duplicate(pattern, half_len, start=0):
-    return metrics.duplicate_token_score(pattern, half_len, start)
+    return scores.duplicate_token_score(pattern, half_len, start)
 
 
 def _ind_no_start(pattern, half_len, start=0):
-    return metrics.induction_score(pattern, half_len, 0)
+    return scores.induction_score(pattern, half_len, 0)
 
 
 def _ind_whole_seq(pattern, half_len, start=0):
@@ -98,7 +98,7 @@ def _ind_whole_seq(pattern, half_len, start=0):
 register(Exercise(
     name="induction_score",
     notebook=NB,
-    reference=metrics.induction_score,
+    reference=scores.induction_score,
     cases=_ind_cases,
     hints=[
         "The copy occupies positions start+L .. start+2L-1. A query q there saw its token before at q-L.",
@@ -136,7 +136,7 @@ def _kcomp_cases(rng):
 
 
 def _kcomp_q(W_OV, W_QK):
-    return metrics.q_composition_score(W_OV, W_QK)
+    return scores.q_composition_score(W_OV, W_QK)
 
 
 def _kcomp_unnormalised(W_OV, W_QK):
@@ -144,13 +144,13 @@ def _kcomp_unnormalised(W_OV, W_QK):
 
 
 def _kcomp_v(W_OV, W_QK):
-    return metrics.composition_score(W_OV, W_QK)  # no transpose: the query side
+    return scores.composition_score(W_OV, W_QK)  # no transpose: the query side
 
 
 register(Exercise(
     name="k_composition_score",
     notebook=NB,
-    reference=metrics.k_composition_score,
+    reference=scores.k_composition_score,
     cases=_kcomp_cases,
     hints=[
         "The earlier head writes x @ W_OV. The later head compares query x_q with key x_k through x_q @ W_QK @ x_k.T.",
@@ -179,7 +179,7 @@ def _icl_cases(rng):
 
 
 def _icl_flipped(loss, early=50, late=500, halfwidth=5):
-    return -metrics.in_context_learning_score(loss, early, late, halfwidth)
+    return -scores.in_context_learning_score(loss, early, late, halfwidth)
 
 
 def _icl_no_window(loss, early=50, late=500, halfwidth=5):
@@ -195,7 +195,7 @@ def _icl_half_open(loss, early=50, late=500, halfwidth=5):
 register(Exercise(
     name="in_context_learning_score",
     notebook=NB,
-    reference=metrics.in_context_learning_score,
+    reference=scores.in_context_learning_score,
     cases=_icl_cases,
     hints=[
         "Our convention: late minus early. A negative score means later tokens are predicted better.",

@@ -1,4 +1,4 @@
-"""Scores that say what an attention head does, for any TransformerBridge model.
+"""Scores that say what an attention head does, and statistics to compare rankings of heads.
 
 Pattern scores read an attention pattern ``[..., query, key]`` (as stored by the hook
 ``blocks.L.attn.hook_pattern``, shape ``[batch, head, query, key]``) on a sequence made of a
@@ -25,13 +25,21 @@ Weight scores read the model's matrices (row-vector convention of TransformerLen
 `score_all_heads(model, ...)` scores every head of any model on repeated random tokens, in
 batches; it works on GPT-2 (multi-head attention) and on SmolLM2 (grouped-query attention:
 3 key/value heads for 9 query heads, which `head_weights` expands per query head).
+
+Comparing methods: `ranks`, `spearman` and `rank_correlations` over all heads, `top_k_overlap`
+beside them (a correlation over hundreds of heads is dominated by the unimportant ones), and
+`bootstrap` for a confidence interval over prompts. `covariation` correlates a per-prompt
+score with a per-prompt target.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
+
+from .hooks import Head, expand_kv, hook_name, top_heads
 
 Tensor = torch.Tensor
 
@@ -141,14 +149,6 @@ class HeadWeights:
         return self.W_V[layer, head] @ self.W_O[layer, head]
 
 
-def _expand_kv(w: Tensor, n_heads: int) -> Tensor:
-    if w.shape[1] == n_heads:
-        return w
-    if n_heads % w.shape[1]:
-        raise ValueError(f"cannot spread {w.shape[1]} key/value heads over {n_heads} query heads")
-    return w.repeat_interleave(n_heads // w.shape[1], dim=1)
-
-
 @torch.no_grad()
 def head_weights(model) -> HeadWeights:
     """Read W_Q, W_K, W_V, W_O, W_E, W_U once (the bridge recomputes them on every access)."""
@@ -156,8 +156,8 @@ def head_weights(model) -> HeadWeights:
     W_Q = model.W_Q.detach().float()
     return HeadWeights(
         W_Q=W_Q,
-        W_K=_expand_kv(model.W_K.detach().float(), n_heads),
-        W_V=_expand_kv(model.W_V.detach().float(), n_heads),
+        W_K=expand_kv(model.W_K.detach().float(), n_heads),
+        W_V=expand_kv(model.W_V.detach().float(), n_heads),
         W_O=model.W_O.detach().float(),
         W_E=model.W_E.detach().float(),
         W_U=model.W_U.detach().float(),
@@ -302,12 +302,9 @@ class HeadScores:
     chance: float
     extra: dict = field(default_factory=dict)
 
-    def top(self, name: str, k: int = 5) -> list[tuple[int, int, float]]:
-        """The k best heads for a score, as (layer, head, score), best first."""
-        s: Tensor = getattr(self, name)
-        vals, idx = s.flatten().topk(min(k, s.numel()))
-        n = s.shape[1]
-        return [(int(i) // n, int(i) % n, float(v)) for v, i in zip(vals, idx)]
+    def top(self, name: str, k: int = 5) -> list[Head]:
+        """The k best heads for a score, best first (read a head's score as ``getattr(self, name)[head]``)."""
+        return top_heads(getattr(self, name), k)
 
     def first_vs_second_repeat_loss(self) -> tuple[float, float]:
         """Mean loss on the tokens of the first copy vs the second copy (first token of each excluded)."""
@@ -340,7 +337,7 @@ def score_all_heads(model, half_len: int = 30, n_seqs: int = 8, batch_size: int 
     if tokens.shape[1] > model.cfg.n_ctx:
         raise ValueError(f"{tokens.shape[1]} tokens exceed the model's context of {model.cfg.n_ctx}: lower half_len")
     n_layers = model.cfg.n_layers
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)]
+    names = [hook_name(l, "pattern") for l in range(n_layers)]
     prev, ind, dup, losses = [], [], [], []
     for i in range(0, tokens.shape[0], batch_size):
         batch = tokens[i: i + batch_size]
@@ -394,10 +391,114 @@ def in_context_learning_score(loss: Tensor, early: int = 50, late: int = 500, ha
     return (hi - lo).item()
 
 
+# --------------------------------------------------------------------------------------
+# Comparing rankings of heads
+# --------------------------------------------------------------------------------------
+
+
+def ranks(scores: Tensor) -> Tensor:
+    """Rank of every head (1 = highest score; ties by order), same shape as `scores`."""
+    flat = scores.flatten()
+    order = torch.argsort(flat, descending=True, stable=True)
+    r = torch.empty_like(order)
+    r[order] = torch.arange(1, len(flat) + 1)
+    return r.reshape(scores.shape)
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two score tables over all their entries (ties broken by order)."""
+    ra, rb = ranks(a).flatten().double(), ranks(b).flatten().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def top_k_overlap(a: Tensor, b: Tensor, k: int = 10) -> float:
+    """Share of the top-`k` heads of `a` that are also in the top `k` of `b` (0 to 1)."""
+    return len(set(top_heads(a, k)) & set(top_heads(b, k))) / k
+
+
+def rank_correlations(scores: dict[str, Tensor]):
+    """Spearman correlation between every pair of methods (a pandas DataFrame)."""
+    import pandas as pd
+
+    names = list(scores)
+    m = [[spearman(scores[a], scores[b]) for b in names] for a in names]
+    return pd.DataFrame(m, index=names, columns=names)
+
+
+def overlaps(scores: dict[str, Tensor], k: int = 10):
+    """Top-`k` overlap between every pair of methods (a pandas DataFrame), to read beside `rank_correlations`."""
+    import pandas as pd
+
+    names = list(scores)
+    m = [[top_k_overlap(scores[a], scores[b], k) for b in names] for a in names]
+    return pd.DataFrame(m, index=names, columns=names)
+
+
+def rank_table(scores: dict[str, Tensor], top: int = 10, sort_by: str | None = None):
+    """A pandas DataFrame: the heads in any method's top `top`, with each method's rank."""
+    import pandas as pd
+
+    from .hooks import head_label
+
+    rk = {m: ranks(s) for m, s in scores.items()}
+    heads = sorted({h for s in scores.values() for h in top_heads(s, top)})
+    rows = [{"head": head_label(h), **{f"{m} rank": int(rk[m][h]) for m in scores}} for h in heads]
+    df = pd.DataFrame(rows).set_index("head")
+    return df.sort_values(sort_by or f"{next(iter(scores))} rank")
+
+
+def covariation(per_prompt: Tensor, target: Tensor) -> Tensor:
+    """Pearson correlation, across prompts, of each head's per-prompt score with `target`.
+
+    Args:
+        per_prompt: ``[batch, n_layers, n_heads]`` (e.g. each head's direct logit attribution).
+        target: ``[batch]`` (e.g. the model's logit difference).
+    """
+    if per_prompt.shape[0] != target.shape[0] or per_prompt.shape[0] < 3:
+        raise ValueError("need the same number (>= 3) of prompts in per_prompt and target")
+    x = per_prompt.double() - per_prompt.double().mean(0)
+    y = target.double() - target.double().mean()
+    num = (x * y[:, None, None]).sum(0)
+    den = x.pow(2).sum(0).sqrt() * y.pow(2).sum().sqrt()
+    return (num / den.clamp_min(1e-12)).float()
+
+
+@dataclass
+class Interval:
+    """A statistic over prompts with its bootstrap percentile interval."""
+
+    value: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def bootstrap(per_prompt: Tensor, statistic: Callable[[Tensor], float | Tensor] | None = None, n: int = 1000,
+              level: float = 0.95, seed: int = 0) -> Interval:
+    """Bootstrap over prompts: `statistic` (default the mean) of `per_prompt` (prompts on axis 0), resampled `n` times.
+
+    Returns the statistic on all prompts and the percentile interval at `level`. Seeded.
+    """
+    x = torch.as_tensor(per_prompt)
+    if x.shape[0] < 2:
+        raise ValueError("the bootstrap needs at least 2 prompts")
+    stat = statistic or (lambda t: t.float().mean(0))
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, x.shape[0], (n, x.shape[0]), generator=g)
+    draws = torch.tensor([float(stat(x[i])) for i in idx])
+    lo, hi = torch.quantile(draws, torch.tensor([(1 - level) / 2, (1 + level) / 2])).tolist()
+    return Interval(float(stat(x)), lo, hi, level)
+
+
 __all__ = [
     "previous_token_score", "induction_score", "duplicate_token_score", "chance_level",
     "HeadWeights", "head_weights", "ov_copying_score", "composition_score", "k_composition_score",
     "q_composition_score", "v_composition_score", "composition_baseline", "composition_scores",
     "random_repeated_tokens", "token_range", "HeadScores", "score_all_heads", "per_token_loss",
-    "in_context_learning_score",
+    "in_context_learning_score", "ranks", "spearman", "top_k_overlap", "rank_correlations", "overlaps",
+    "rank_table", "covariation", "Interval", "bootstrap",
 ]

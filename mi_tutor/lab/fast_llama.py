@@ -1,7 +1,7 @@
 """A plain-torch forward of Llama-family models, built for one job: many head replacements at once.
 
 Activation patching asks the same question hundreds of times: "run the prompts again with
-head (L, h)'s output replaced; what is the metric now?" `circuits.run_copies` answers it
+head (L, h)'s output replaced; what is the metric now?" `patching.run_copies` answers it
 through the bridge's hooks. This module answers the common special case (each copy
 replaces one head's output ``z`` at one layer, with a given value) with less arithmetic,
 on the bridge's own weights:
@@ -19,7 +19,7 @@ on the bridge's own weights:
 
 SmolLM2 (and any HF Llama without biases) qualifies; `supports(model)` says whether a model
 does. GPT-2 and the toy models keep using the hook engine. Results agree with the bridge's
-forward to float32 rounding (tested against `interventions.patch_each_head`).
+forward to float32 rounding (tested against TransformerLens's patching loop).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class LlamaRunner:
     def __init__(self, model):
         if not supports(model):
             raise ValueError("fast_llama needs a bridge around an HF Llama model without biases "
-                             "(e.g. SmolLM2); use circuits.run_copies for other models")
+                             "(e.g. SmolLM2); use mi_tutor.lab.patching.run_copies for other models")
         hf = model.original_model
         cfg = hf.config
         self.n_heads = cfg.num_attention_heads
@@ -163,7 +163,7 @@ class LlamaRunner:
         Args:
             tokens: ``[batch, pos]``.
             copies: copy i is a list of replacements, each with ``.layer``, ``.head``,
-                ``.value`` and ``.pos`` (e.g. `circuits.Patch` at site "z"): head
+                ``.value`` and ``.pos`` (e.g. `mi_tutor.lab.patching.Patch` at site "z"): head
                 ``(layer, head)``'s output z becomes ``value[:, :, head]`` (value
                 ``[batch, pos, heads, d_head]``) at position ``pos``, or everywhere if pos is None.
             base: `run(tokens)`, if already computed.
@@ -189,7 +189,7 @@ class LlamaRunner:
             for r in c:
                 diff = (r.value[:, :, r.head] != base["z"][r.layer][:, :, r.head]).any(-1).any(0)  # [pos]
                 if r.pos is not None:
-                    diff = diff & (torch.arange(n_pos) == r.pos)
+                    diff = diff & (torch.arange(n_pos) == r.pos % n_pos)
                 hit = diff.nonzero()
                 if len(hit):
                     start = min(start, int(hit[0]))
@@ -222,8 +222,8 @@ class LlamaRunner:
                         continue
                     if r.pos is None:
                         z[rows, :, r.head] = r.value[:, offset:, r.head]
-                    elif r.pos >= offset:
-                        z[rows, r.pos - offset, r.head] = r.value[:, r.pos, r.head]
+                    elif r.pos % n_pos >= offset:
+                        z[rows, r.pos % n_pos - offset, r.head] = r.value[:, r.pos, r.head]
             x = self._finish_block(lw, x[:, -1:] if last else x, z)
         out = self._readout(x[:, -1]).view(len(copies), batch, -1)[[block[i] for i in range(len(copies))]]
         return torch.cat([base["logits"][None], out], 0)

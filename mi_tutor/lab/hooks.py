@@ -1,0 +1,182 @@
+"""The vocabulary every instrument shares: hook names, heads, labels, metrics.
+
+A `TransformerBridge` (TransformerLens 4) exposes the same hook names on GPT-2, SmolLM2 and
+the course's toy models. `hook_name(layer, site)` is the one place those names are spelled:
+
+======================  ==========================================  =============================
+site                    hook                                        shape
+======================  ==========================================  =============================
+``"z"``                 ``blocks.L.attn.hook_z``                    [batch, pos, head, d_head]
+``"q"``                 ``blocks.L.attn.hook_q``                    [batch, pos, head, d_head]
+``"k"``, ``"v"``        ``blocks.L.attn.hook_k`` / ``hook_v``       [batch, pos, kv_head, d_head]
+``"pattern"``           ``blocks.L.attn.hook_pattern``              [batch, head, query, key]
+``"resid_pre"``         ``blocks.L.hook_resid_pre``                 [batch, pos, d_model]
+``"resid_mid"``         ``blocks.L.hook_resid_mid``                 [batch, pos, d_model]
+``"resid_post"``        ``blocks.L.hook_resid_post``                [batch, pos, d_model]
+``"attn_out"``          ``blocks.L.hook_attn_out``                  [batch, pos, d_model]
+``"mlp_out"``           ``blocks.L.hook_mlp_out``                   [batch, pos, d_model]
+======================  ==========================================  =============================
+
+A head is a ``(layer, head)`` pair of query-head indices; on a grouped-query model (SmolLM2:
+3 key/value heads shared by 9 query heads) `kv_index` gives the key/value head a query head
+reads. Heads are written ``L9H9`` everywhere (`head_label`; `parse_heads` reads it back).
+
+A metric is a function ``metric(logits [batch, pos, vocab]) -> [batch]``: one score per prompt,
+read at the last position (`logit_diff`, `logprob_metric`). Instruments report the mean.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Sequence
+
+import torch
+
+from .. import validate as V
+
+Metric = Callable[[torch.Tensor], torch.Tensor]
+Head = tuple[int, int]
+
+#: Sites indexed by head (the third axis of the activation).
+HEAD_SITES = ("z", "q", "k", "v")
+#: Sites of the residual stream (no head axis).
+RESID_SITES = ("resid_pre", "resid_mid", "resid_post")
+_OTHER_SITES = ("pattern", "attn_out", "mlp_out")
+SITES = HEAD_SITES + RESID_SITES + _OTHER_SITES
+
+
+def hook_name(layer: int, site: str) -> str:
+    """The bridge's hook name for `site` in block `layer` (see the table above)."""
+    if site not in SITES:
+        raise ValueError(f"site must be one of {SITES}, got {site!r}")
+    if site in HEAD_SITES or site == "pattern":
+        return f"blocks.{layer}.attn.hook_{site}"
+    return f"blocks.{layer}.hook_{site}"
+
+
+# --------------------------------------------------------------------------------------
+# Heads
+# --------------------------------------------------------------------------------------
+
+
+def n_kv_heads(model) -> int:
+    """Key/value heads per layer (= query heads unless the model uses grouped-query attention)."""
+    return getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
+
+
+def kv_index(model, head: int) -> int:
+    """The key/value head that query head `head` reads (itself without grouped-query attention)."""
+    return head // (model.cfg.n_heads // n_kv_heads(model))
+
+
+def expand_kv(w: torch.Tensor, n_heads: int, dim: int = 1) -> torch.Tensor:
+    """Repeat key/value heads along `dim` so that query head h gets kv head ``h // group``."""
+    if w.shape[dim] == n_heads:
+        return w
+    if n_heads % w.shape[dim]:
+        raise ValueError(f"cannot spread {w.shape[dim]} key/value heads over {n_heads} query heads")
+    return w.repeat_interleave(n_heads // w.shape[dim], dim=dim)
+
+
+def all_heads(model) -> list[Head]:
+    """Every (layer, head) of `model`, layer by layer."""
+    return [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+
+
+def top_heads(scores: torch.Tensor, k: int, largest: bool = True) -> list[Head]:
+    """The `k` heads with the largest (or smallest) scores of a ``[n_layers, n_heads]`` table, best first.
+
+    NaNs (heads not measured) are never chosen. Read a head's score as ``scores[head]``.
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be a [n_layers, n_heads] table, got shape {tuple(scores.shape)}")
+    flat = scores.flatten().float().clone()
+    valid = int((~torch.isnan(flat)).sum())
+    flat[torch.isnan(flat)] = -float("inf") if largest else float("inf")
+    idx = flat.topk(min(k, valid), largest=largest).indices
+    n_heads = scores.shape[1]
+    return [(int(i) // n_heads, int(i) % n_heads) for i in idx]
+
+
+def head_label(head: Head) -> str:
+    """``(9, 6) -> "L9H6"``: the one way heads are written in tables, figures and prose."""
+    return f"L{int(head[0])}H{int(head[1])}"
+
+
+def parse_heads(text: str, n_layers: int, n_heads: int) -> list[Head]:
+    """``"L20H1, L25H4"`` (or the papers' ``"20.1 25.4"``) -> ``[(20, 1), (25, 4)]``; a clear error otherwise."""
+    found = re.findall(r"L?(\d+)\s*[H.]\s*(\d+)", text or "")
+    if not found:
+        raise ValueError(f"could not read any head from {text!r}: write e.g. 'L20H1' or 'L20H1, L25H4'")
+    heads = [(int(l), int(h)) for l, h in found]
+    bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
+    if bad:
+        raise ValueError(f"no such head {bad}: layers 0..{n_layers - 1}, heads 0..{n_heads - 1}")
+    return heads
+
+
+# --------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------
+
+
+def logit_diff(logits: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor, pos: int | torch.Tensor = -1) -> torch.Tensor:
+    """Per-prompt logit difference correct - wrong at position `pos` (an int or one index per prompt).
+
+    Args:
+        logits: [batch, pos, vocab].
+        correct, wrong: [batch] token ids.
+    """
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be [batch, pos, vocab], got shape {tuple(logits.shape)}")
+    V.answers(None, logits, correct=correct, wrong=wrong)
+    b = torch.arange(logits.shape[0])
+    pos_idx = pos if isinstance(pos, torch.Tensor) else torch.full((logits.shape[0],), pos)
+    last = logits[b, pos_idx]
+    return last[b, correct] - last[b, wrong]
+
+
+def logprob_metric(target: torch.Tensor) -> Metric:
+    """metric(logits) = log-probability of `target` [batch] at the last position, per prompt."""
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        lp = logits[:, -1].float().log_softmax(-1)
+        return lp[torch.arange(lp.shape[0]), target[: lp.shape[0]]]
+    return metric
+
+
+# --------------------------------------------------------------------------------------
+# Reading activations
+# --------------------------------------------------------------------------------------
+
+
+def check_tokens(tokens: torch.Tensor, name: str = "tokens") -> None:
+    """One line that says what to pass, for anything that is not an integer ``[batch, pos]`` tensor."""
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int64, torch.int32):
+        raise ValueError(f"{name} must be an integer tensor [batch, pos]; got "
+                         f"{getattr(tokens, 'shape', type(tokens))} {getattr(tokens, 'dtype', '')}. Use "
+                         f"model.to_tokens(prompts).")
+
+
+@torch.no_grad()
+def activations(model, tokens: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """One plain forward pass recording the hooks `names`: ``{name: activation}``."""
+    wanted = set(names)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
+    return {n: cache[n].clone() for n in names}
+
+
+@torch.no_grad()
+def head_outputs(model, tokens: torch.Tensor, layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+    """hook_z of the given layers (default all): ``{layer: [batch, pos, head, d_head]}``."""
+    V.tokens(model, tokens)
+    V.layers(model, layers)
+    check_tokens(tokens)
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    acts = activations(model, tokens, [hook_name(l, "z") for l in layers])
+    return {l: acts[hook_name(l, "z")] for l in layers}
+
+
+__all__ = [
+    "Metric", "Head", "HEAD_SITES", "RESID_SITES", "SITES", "hook_name", "n_kv_heads", "kv_index", "expand_kv",
+    "all_heads", "top_heads", "head_label", "parse_heads", "logit_diff", "logprob_metric", "check_tokens",
+    "activations", "head_outputs",
+]

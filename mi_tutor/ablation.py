@@ -12,7 +12,7 @@ and adds the standard answers of the best-practice literature: self-repair split
 effect and compensation (`self_repair`), OR-like backups (`pair_interactions`), noising vs
 denoising (`noising_denoising`), observational methods (`logit_lens`, `covariation`,
 `probe_layers`, attention, DLA, attribution patching) and a causal-scrubbing-style test
-(`scrub`). The all-heads sweeps use the growing-batch engine of `circuits.run_copies`.
+(`scrub`). Every ablation and patch runs on the engine of `mi_tutor.lab.patching`.
 
 Both tasks are wrapped as a `Task`: aligned clean prompts, aligned counterfactual prompts, and
 a logit difference (answer - wrong) at the final position.
@@ -20,21 +20,16 @@ a logit difference (answer - wrong) at the final position.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from . import circuits
-from .circuits import Patch, run_copies
-from .interventions import ablation_values, head_outputs, heads_replaced_hooks
-from .plots import finish
-from .successor import rank_correlations as correlation_table  # noqa: F401  (re-exported for the notebook)
-from .successor import ranks, spearman  # noqa: F401
-
-Head = tuple[int, int]
-Kind = Literal["zero", "mean", "resample"]
-KINDS: tuple[str, ...] = ("zero", "mean", "resample")
+from .lab.hooks import Head, all_heads, head_label, head_outputs
+from .lab.patching import (KINDS, Kind, Patch, ablation_values, copies_runner, heads_replaced, patch_hooks, run_copies,
+                           run_patched)
+from .lab.readout import DLA, direct_logit_attribution, entropy, kl_div
+from .lab.scores import ranks
 
 #: Plain text with no names, no lists and no ordinal sequences: the "control" on which an
 #: ablation should change nothing if the head it removes is specific to a task.
@@ -124,11 +119,6 @@ def task_values(model, task: Task, kind: Kind) -> dict[int, torch.Tensor]:
     return ablation_values(model, task.tokens, kind, reference_tokens=ref)
 
 
-def all_heads(model) -> list[Head]:
-    """Every (layer, head) of `model`."""
-    return [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
-
-
 def _as_groups(heads) -> list[list[Head]]:
     groups = []
     for g in heads:
@@ -168,19 +158,6 @@ def split_total_effect(ld_clean: float, ld_ablated: float, dla_clean: torch.Tens
 # --------------------------------------------------------------------------------------
 # Sweeps: task effect, task KL and task entropy for many ablations at once
 # --------------------------------------------------------------------------------------
-
-
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of softmax(logits) over the last axis."""
-    lp = logits.float().log_softmax(-1)
-    return -(lp.exp() * lp).sum(-1)
-
-
-def kl_div(clean_logits: torch.Tensor, other_logits: torch.Tensor) -> torch.Tensor:
-    """KL(clean || other) in nats over the last axis (the clean model is the reference)."""
-    p = clean_logits.float().log_softmax(-1)
-    q = other_logits.float().log_softmax(-1)
-    return (p.exp() * (p - q)).sum(-1)
 
 
 @dataclass
@@ -224,10 +201,11 @@ def sweep(model, tokens: torch.Tensor, values: dict[int, torch.Tensor], metric: 
         raise ValueError("no heads to ablate")
     batch = tokens.shape[0]
     per = max(1, max_rows // batch - 1)
+    run = copies_runner(model, tokens)  # the patching engine; fast_llama on SmolLM2
     drops, kls, ents, clean = [], [], [], None
     for i in range(0, len(groups), per):
         chunk = groups[i:i + per]
-        logits, _ = run_copies(model, tokens, [[Patch(l, h, values[l]) for l, h in g] for g in chunk])
+        logits = run([[Patch(l, h, values[l]) for l, h in g] for g in chunk])
         last = logits[:, :, -1]  # [1 + n, batch, vocab]
         m = torch.stack([metric(x).float().mean() for x in logits])
         clean = float(m[0])
@@ -325,15 +303,8 @@ def verdict_flips(scores: dict[str, torch.Tensor], top: int = 10, low: int = 40)
     for i in range(next(iter(scores.values())).numel()):
         r = {m: int(v.flatten()[i]) for m, v in rk.items()}
         if min(r.values()) <= top and max(r.values()) > low:
-            rows.append({"head": circuits.head_label((i // H, i % H)), **{f"{m} rank": v for m, v in r.items()}})
+            rows.append({"head": head_label((i // H, i % H)), **{f"{m} rank": v for m, v in r.items()}})
     return sorted(rows, key=lambda d: min(v for k, v in d.items() if k != "head"))
-
-
-def top_heads(scores: torch.Tensor, k: int) -> list[Head]:
-    """The k heads with the largest scores."""
-    H = scores.shape[1]
-    flat = torch.nan_to_num(scores.flatten(), nan=-float("inf"))
-    return [(int(i) // H, int(i) % H) for i in flat.topk(min(k, flat.numel())).indices]
 
 
 # --------------------------------------------------------------------------------------
@@ -375,25 +346,25 @@ class SelfRepair:
 
 
 def self_repair(model, task: Task, heads: Sequence[Head], values: dict[int, torch.Tensor],
-                dla_clean: circuits.DLA | None = None) -> SelfRepair:
+                dla_clean: DLA | None = None) -> SelfRepair:
     """Ablate `heads` (replace by `values`) and split the total effect with direct logit attribution.
 
-    Both runs are attributed with `circuits.direct_logit_attribution` (each with its own final-norm
+    Both runs are attributed with `lab.readout.direct_logit_attribution` (each with its own final-norm
     scale), so every term is exact and the parts add up to each run's logit difference.
     """
     heads = [(int(l), int(h)) for l, h in heads]
     if not heads:
         raise ValueError("give at least one head to ablate")
-    c = dla_clean or circuits.direct_logit_attribution(model, task.tokens, task.answer, task.wrong)
-    a = circuits.direct_logit_attribution(model, task.tokens, task.answer, task.wrong,
-                                          fwd_hooks=heads_replaced_hooks(heads, values))
+    c = dla_clean or direct_logit_attribution(model, task.tokens, task.answer, task.wrong)
+    a = direct_logit_attribution(model, task.tokens, task.answer, task.wrong,
+                                          fwd_hooks=patch_hooks(model, heads_replaced(heads, values)))
     direct = float(sum(c.heads[h] - a.heads[h] for h in heads))
     parts: dict[str, float] = {}
     rise = a.heads - c.heads
     for l in range(rise.shape[0]):
         for h in range(rise.shape[1]):
             if (l, h) not in heads:
-                parts[circuits.head_label((l, h))] = float(rise[l, h])
+                parts[head_label((l, h))] = float(rise[l, h])
         parts[f"MLP {l}"] = float(a.mlp[l] - c.mlp[l])
         attn_bias = float((a.attn[l] - a.heads[l].sum()) - (c.attn[l] - c.heads[l].sum()))
         if abs(attn_bias) > 0:
@@ -484,50 +455,6 @@ def noising_denoising(model, task: Task, heads: Sequence[Head], max_rows: int = 
 # --------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def logit_lens(model, resid: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
-    """Logit difference answer - wrong read early from the final-position residual stream after each
-    layer (final norm + unembedding applied early): ``[n_layers + 1]`` (index 0 = embeddings).
-
-    `resid` comes from `final_residuals`; the last entry equals the model's logit difference.
-    """
-    if resid.ndim != 3 or resid.shape[1] != answer.shape[0]:
-        raise ValueError("resid must be [n_layers + 1, batch, d_model] with one answer per prompt")
-    x = circuits.apply_final_norm(model, resid)  # [n+1, batch, d]
-    direction = (model.W_U[:, answer] - model.W_U[:, wrong]).T  # [batch, d]
-    ld = (x * direction).sum(-1)
-    b_U = getattr(model, "b_U", None)
-    if b_U is not None:
-        ld = ld + (b_U[answer] - b_U[wrong])
-    return ld.mean(1)
-
-
-def covariation(per_prompt: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation, across prompts, of each head's per-prompt score with `target`.
-
-    Args:
-        per_prompt: ``[batch, n_layers, n_heads]`` (e.g. each head's direct logit attribution).
-        target: ``[batch]`` (e.g. the model's logit difference).
-    """
-    if per_prompt.shape[0] != target.shape[0] or per_prompt.shape[0] < 3:
-        raise ValueError("need the same number (>= 3) of prompts in per_prompt and target")
-    x = per_prompt.double() - per_prompt.double().mean(0)
-    y = target.double() - target.double().mean()
-    num = (x * y[:, None, None]).sum(0)
-    den = x.pow(2).sum(0).sqrt() * y.pow(2).sum().sqrt()
-    return (num / den.clamp_min(1e-12)).float()
-
-
-@torch.no_grad()
-def final_residuals(model, tokens: torch.Tensor) -> torch.Tensor:
-    """Residual stream at the final position after each layer: ``[n_layers + 1, batch, d_model]``."""
-    n = model.cfg.n_layers
-    names = {"blocks.0.hook_resid_pre"} | {f"blocks.{l}.hook_resid_post" for l in range(n)}
-    _, cache = model.run_with_cache(tokens, names_filter=lambda s: s in names)
-    return torch.stack([cache["blocks.0.hook_resid_pre"][:, -1]] + [cache[f"blocks.{l}.hook_resid_post"][:,
-                                                                                                         -1] for l in range(n)])
-
-
 def probe_layers(resid: torch.Tensor, labels: torch.Tensor, folds: int = 4, alpha: float = 10.0, seed: int = 0) -> torch.Tensor:
     """Cross-validated accuracy of a linear probe (standardised inputs, ridge classifier) per layer.
 
@@ -597,8 +524,7 @@ def scrub(model, task: Task, keep: Sequence[Head], n_random: int = 3, seed: int 
     other = {l: v[perm] for l, v in z.items()}
 
     def ld(replaced):
-        with model.hooks(fwd_hooks=heads_replaced_hooks(replaced, other)):
-            return float(task.metric(model(task.tokens)).mean())
+        return float(task.metric(run_patched(model, task.tokens, heads_replaced(replaced, other))).mean())
 
     clean = float(task.metric(model(task.tokens)).mean())
     scrubbed = ld([h for h in heads if h not in keep])
@@ -611,239 +537,69 @@ def scrub(model, task: Task, keep: Sequence[Head], n_random: int = 3, seed: int 
 
 
 # --------------------------------------------------------------------------------------
-# The ablation lab
+# Damage on control text, for the heads the sweeps rank high
 # --------------------------------------------------------------------------------------
 
 
 @dataclass
-class LabResult:
-    """One ablation experiment: task effect, damage, entropy and compensation."""
+class DamageReport:
+    """Damage on control text for a shortlist of heads, and the top task effects it flags.
 
-    task: str
-    heads: list[Head]
-    kind: str
-    repair: SelfRepair
-    task_kl: float
-    task_entropy_change: float
-    control_kl: float
-    control_entropy_change: float
-
-
-class Lab:
-    """Everything the ablation lab needs, precomputed, so one experiment costs ~3 small forward passes."""
-
-    def __init__(self, model, tasks: dict[str, Task], ctrl: torch.Tensor):
-        self.model, self.tasks, self.ctrl = model, tasks, ctrl
-        self._values = {}
-        self._dla = {}
-        self._ctrl_values = {}
-        self._cache: dict = {}
-        with torch.no_grad():
-            self._ctrl_logits = model(ctrl)
-
-    def values(self, task: str, kind: str):
-        if (task, kind) not in self._values:
-            self._values[task, kind] = task_values(self.model, self.tasks[task], kind)
-        return self._values[task, kind]
-
-    def run(self, task: str, heads: Sequence[Head], kind: str) -> LabResult:
-        """Ablate `heads` on `task` with `kind`; measure everything (cached)."""
-        if task not in self.tasks:
-            raise ValueError(f"unknown task {task!r}; choose from {list(self.tasks)}")
-        heads = sorted({(int(l), int(h)) for l, h in heads})
-        key = (task, tuple(heads), kind)
-        if key in self._cache:
-            return self._cache[key]
-        t = self.tasks[task]
-        if task not in self._dla:
-            self._dla[task] = circuits.direct_logit_attribution(self.model, t.tokens, t.answer, t.wrong)
-        vals = self.values(task, kind)
-        rep = self_repair(self.model, t, heads, vals, self._dla[task])
-        with torch.no_grad():
-            clean_last = self.model(t.tokens)[:, -1]
-            with self.model.hooks(fwd_hooks=heads_replaced_hooks(heads, vals)):
-                abl_last = self.model(t.tokens)[:, -1]
-            if kind not in self._ctrl_values:
-                self._ctrl_values[kind] = control_values(self.model, self.ctrl, kind)
-            with self.model.hooks(fwd_hooks=heads_replaced_hooks(heads, self._ctrl_values[kind])):
-                ctrl_abl = self.model(self.ctrl)
-        res = LabResult(task, heads, kind, rep,
-                        float(kl_div(clean_last, abl_last).mean()),
-                        float((entropy(abl_last) - entropy(clean_last)).mean()),
-                        float(kl_div(self._ctrl_logits, ctrl_abl).mean()),
-                        float((entropy(ctrl_abl) - entropy(self._ctrl_logits)).mean()))
-        self._cache[key] = res
-        return res
-
-
-def parse_heads(text: str, n_layers: int, n_heads: int) -> list[Head]:
-    """'L20H1, L25H4' or '20.1 25.4' -> [(20, 1), (25, 4)]; a clear error otherwise."""
-    import re
-
-    found = re.findall(r"L?(\d+)\s*[H.]\s*(\d+)", text or "")
-    if not found:
-        raise ValueError(f"could not read any head from {text!r}: write e.g. 'L20H1' or 'L20H1, L25H4'")
-    heads = [(int(l), int(h)) for l, h in found]
-    bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
-    if bad:
-        raise ValueError(f"no such head {bad}: layers 0..{n_layers - 1}, heads 0..{n_heads - 1}")
-    return heads
-
-
-# --------------------------------------------------------------------------------------
-# Plots
-# --------------------------------------------------------------------------------------
-
-
-
-def plot_effect_maps(tables: dict[str, torch.Tensor], title: str = ""):
-    """One layer x head map per ablation method (drop in logit difference)."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(tables), figsize=(3.2 * len(tables), 5.2), sharey=True)
-    axes = np.atleast_1d(axes)
-    for ax, (name, t) in zip(axes, tables.items()):
-        v = float(torch.nan_to_num(t).abs().max()) or 1.0
-        im = ax.imshow(t.numpy(), aspect="auto", cmap="RdBu_r", vmin=-v, vmax=v, origin="lower")
-        ax.set_title(name)
-        ax.set_xlabel("head")
-        fig.colorbar(im, ax=ax, fraction=0.05)
-    axes[0].set_ylabel("layer")
-    fig.suptitle(title)
-    return finish(fig, tight_layout=True)
-
-
-def plot_damage(points: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]], flagged: dict[str, list[int]] | None = None,
-                title: str = ""):
-    """Task effect (y) against KL on control text (x, log scale), one colour per ablation method.
-
-    `points`: {method: (control_kl [n], task_drop [n], labels [n])}; `flagged` marks indices.
+    `shortlist`: every head in any task's and any method's top `k_short`; `damage[kind]`: its
+    control-text damage; `flagged[kind]`: shortlist indices whose control KL >= task KL among
+    a task's top `k_flag`; `rows`: one row per flagged (task, method, head).
     """
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    colours = {"zero": "#d62728", "mean": "#1f77b4", "resample": "#2ca02c"}
-    for m, (kl, drop, labels) in points.items():
-        ax.scatter(kl.clamp_min(1e-6).numpy(), drop.numpy(), s=22, alpha=0.75, label=m, color=colours.get(m))
-        for i in (flagged or {}).get(m, []):
-            ax.annotate(labels[i], (max(float(kl[i]), 1e-6), float(drop[i])), fontsize=7, color=colours.get(m))
-            ax.scatter([max(float(kl[i]), 1e-6)], [float(drop[i])], s=80, facecolors="none", edgecolors="k")
-    ax.set_xscale("log")
-    ax.set_xlabel("damage: KL(clean || ablated) on control text (nats, log scale)")
-    ax.set_ylabel("task effect: drop in logit difference")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.legend(title="ablation")
-    ax.set_title(title)
-    return finish(fig, tight_layout=True)
+    shortlist: list[Head]
+    damage: dict[str, Damage]
+    flagged: dict[str, list[int]]
+    rows: list[dict]
 
+    @property
+    def labels(self) -> list[str]:
+        return [head_label(h) for h in self.shortlist]
 
-def plot_self_repair(rep: SelfRepair, k: int = 6, title: str = "", ax=None):
-    """Bars: direct effect, compensation, total effect; then the top compensating components."""
-    import matplotlib.pyplot as plt
+    def table(self):
+        """The flagged entries as a pandas DataFrame."""
+        import pandas as pd
 
-    own = ax is None
-    fig, ax = plt.subplots(figsize=(7.5, 3.6)) if own else (ax.figure, ax)
-    top = rep.top(k)
-    names = ["direct", "compensation", "total"] + [n for n, _ in top]
-    vals = [rep.direct, rep.compensation, rep.total] + [v for _, v in top]
-    cols = ["#1f77b4", "#2ca02c", "#d62728"] + ["#98df8a"] * len(top)
-    ax.bar(range(len(vals)), vals, color=cols)
-    ax.set_xticks(range(len(vals)), names, rotation=40, ha="right", fontsize=8)
-    ax.axhline(0, color="k", lw=0.5)
-    ax.axvline(2.5, color="grey", lw=0.5, ls=":")
-    ax.set_ylabel("logit difference")
-    ax.set_title(title or f"ablating {', '.join(circuits.head_label(h) for h in rep.heads)}: "
-                 f"{rep.repaired:.0%} of the direct effect repaired")
-    return finish(fig, tight_layout=True) if own else fig
+        return pd.DataFrame(self.rows, columns=["task", "ablation", "head", "task drop", "task KL", "control KL"])
 
 
-def plot_noise_denoise(nd: NoiseDenoise, title: str = ""):
-    """Necessity (noising) against sufficiency (denoising), one dot per head."""
-    import matplotlib.pyplot as plt
+def damage_report(model, sweeps: dict[str, dict[str, Sweep]], ctrl: torch.Tensor, k_short: int = 6, k_flag: int = 5,
+                  max_rows: int = 6) -> DamageReport:
+    """Shortlist the heads that any ablation method ranks high on any task, measure their damage on
+    control text with every kind of ablation, and flag the top-`k_flag` task effects that are damage."""
+    from .lab.hooks import top_heads
 
-    fig, ax = plt.subplots(figsize=(5.6, 4.6))
-    x, y = nd.necessity.numpy(), nd.sufficiency.numpy()
-    ax.scatter(x, y, s=24)
-    lim = [min(x.min(), y.min(), 0) - 0.02, max(x.max(), y.max()) + 0.02]
-    ax.plot(lim, lim, color="grey", lw=0.6, ls="--")
-    gap = np.abs(x - y)
-    for i in np.argsort(-gap)[:6]:
-        ax.annotate(circuits.head_label(nd.heads[i]), (x[i], y[i]), fontsize=7)
-    ax.set_xlabel("necessity: noising drop / (clean - corrupt)")
-    ax.set_ylabel("sufficiency: denoising gain / (clean - corrupt)")
-    ax.set_title(title)
-    return finish(fig, tight_layout=True)
-
-
-def plot_lens_probe(lens: dict[str, torch.Tensor], probe: torch.Tensor | None = None,
-                    ablation_by_layer: dict[str, torch.Tensor] | None = None, title: str = ""):
-    """Logit lens per layer (left axis), probe accuracy and per-layer ablation effect (right panel)."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, v in lens.items():
-        axes[0].plot(range(len(v)), v.numpy(), marker=".", label=name)
-    axes[0].axhline(0, color="grey", lw=0.5)
-    axes[0].set_xlabel("layer (0 = embeddings)")
-    axes[0].set_ylabel("logit difference read early")
-    axes[0].set_title("logit lens")
-    axes[0].legend(fontsize=8)
-    if probe is not None:
-        axes[1].plot(range(len(probe)), probe.numpy(), marker=".", color="k", label="probe accuracy (IOI: IO first?)")
-    for name, v in (ablation_by_layer or {}).items():
-        axes[1].plot(np.arange(len(v)) + 1, (v / v.abs().max().clamp_min(1e-9)).numpy(), alpha=0.7, label=f"{name} (scaled)")
-    axes[1].set_xlabel("layer")
-    axes[1].set_title("where the information is / where removing it hurts")
-    axes[1].legend(fontsize=7)
-    fig.suptitle(title)
-    return finish(fig, tight_layout=True)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    shortlist = sorted({h for sw in sweeps.values() for s in sw.values() for h in top_heads(s.table(L, H), k_short)})
+    damage = {k: control_damage(model, ctrl, k, shortlist, max_rows=max_rows) for k in KINDS}
+    idx = [all_heads(model).index(h) for h in shortlist]
+    flagged: dict[str, list[int]] = {k: [] for k in KINDS}
+    rows = []
+    for k in KINDS:
+        for t_name, sw in sweeps.items():
+            s = sw[k]
+            for i in damage_flags(s.drop[idx], s.kl[idx], damage[k].kl, k=k_flag):
+                if i not in flagged[k]:
+                    flagged[k].append(i)
+                rows.append({"task": t_name, "ablation": k, "head": head_label(shortlist[i]),
+                             "task drop": round(float(s.drop[idx][i]), 2), "task KL": round(float(s.kl[idx][i]), 3),
+                             "control KL": round(float(damage[k].kl[i]), 3)})
+    return DamageReport(shortlist, damage, flagged, rows)
 
 
-def plot_lab(lab: Lab, task: str, heads: str, kind: str):
-    """The ablation lab view: task effect, damage on control text, entropy changes, compensation."""
-    import matplotlib.pyplot as plt
-
-    hs = parse_heads(heads, lab.model.cfg.n_layers, lab.model.cfg.n_heads)
-    r = lab.run(task, hs, kind)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), gridspec_kw={"width_ratios": [1.1, 1.1, 2.2]})
-    rep = r.repair
-    axes[0].bar(["clean", "ablated"], [rep.ld_clean, rep.ld_ablated], color=["#7f7f7f", "#d62728"])
-    axes[0].set_title(f"{task}: logit difference\n(total effect {rep.total:+.2f})", fontsize=9)
-    axes[1].bar(["KL task", "KL control", "ΔH task", "ΔH control"],
-                [r.task_kl, r.control_kl, r.task_entropy_change, r.control_entropy_change],
-                color=["#9467bd", "#ff7f0e", "#9467bd", "#ff7f0e"])
-    axes[1].tick_params(axis="x", rotation=35, labelsize=8)
-    axes[1].axhline(0, color="k", lw=0.5)
-    axes[1].set_title("damage (nats)", fontsize=9)
-    plot_self_repair(rep, k=5, ax=axes[2], title=f"{kind} ablation of {', '.join(circuits.head_label(h) for h in hs)}: "
-                     f"compensation {rep.compensation:+.2f}")
-    axes[2].title.set_fontsize(9)
-    return finish(fig, tight_layout=True)
-
-
-# --------------------------------------------------------------------------------------
-# The verdict table
-# --------------------------------------------------------------------------------------
-
-
-def verdict_table(rows: Sequence[dict]):
-    """A pandas DataFrame with columns method, assumes, measured here, missed, forward passes."""
-    import pandas as pd
-
-    cols = ["method", "assumes", "measured here", "missed", "forward passes"]
-    for r in rows:
-        missing = [c for c in cols if c not in r]
-        if missing:
-            raise ValueError(f"verdict row {r.get('method', '?')!r} lacks {missing}")
-    return pd.DataFrame(list(rows), columns=cols).set_index("method")
+def top_entropy_rises(sweep_result: Sweep, k: int = 10) -> int:
+    """How many of the `k` heads with the largest task drop raise the entropy of the answer distribution."""
+    top = torch.argsort(sweep_result.drop, descending=True)[:k]
+    return int((sweep_result.entropy_change[top] > 0).sum())
 
 
 __all__ = [
-    "CONTROL_TEXT", "KINDS", "Task", "ioi_task", "successor_task", "task_values", "all_heads", "entropy", "kl_div",
-    "Sweep", "sweep", "task_sweeps", "control_tokens", "control_values", "Damage", "control_damage", "damage_flags",
-    "resample_head", "control_kl", "split_total_effect", "ranks", "spearman", "correlation_table", "verdict_flips",
-    "top_heads", "SelfRepair", "self_repair", "Pairs",
-    "pair_interactions", "NoiseDenoise", "noising_denoising", "logit_lens", "subset_successor", "covariation", "final_residuals",
-    "probe_layers", "Scrub", "derangement", "scrub", "LabResult", "Lab", "parse_heads", "plot_effect_maps",
-    "plot_damage", "plot_self_repair", "plot_noise_denoise", "plot_lens_probe", "plot_lab", "verdict_table",
+    "CONTROL_TEXT", "KINDS", "Task", "ioi_task", "successor_task", "subset_successor", "task_values", "Sweep", "sweep",
+    "task_sweeps", "control_tokens", "control_values", "Damage", "control_damage", "damage_flags", "resample_head",
+    "control_kl", "split_total_effect", "verdict_flips", "SelfRepair", "self_repair", "Pairs", "pair_interactions",
+    "NoiseDenoise", "noising_denoising", "probe_layers", "Scrub", "derangement", "scrub",
+    "DamageReport", "damage_report", "top_entropy_rises",
 ]

@@ -83,31 +83,30 @@ warnings.filterwarnings("ignore")
 from mi_tutor import setup
 setup(threads=int(sys.argv[1]), quiet=True)
 from mi_tutor.models import load_lm
-from mi_tutor import interventions as iv, circuits
+from mi_tutor.lab import hooks, patching as engine
 from transformer_lens import patching
 m = load_lm("smollm2-135m", verbose=False)
 clean = m.to_tokens(["When Mary and John went to the store, John gave a drink to"])
 corrupt = m.to_tokens(["When Paul and Kate went to the store, Lisa gave a drink to"])
 io, s = m.to_single_token(" Mary"), m.to_single_token(" John")
-metric_b = lambda lg: iv.logit_diff(lg, torch.tensor([io]), torch.tensor([s]))
+metric_b = lambda lg: hooks.logit_diff(lg, torch.tensor([io]), torch.tensor([s]))
 metric_tl = lambda lg: metric_b(lg).mean()
 def timed(fn):
     t0 = time.perf_counter(); out = fn(); return out, time.perf_counter() - t0
 _, clean_cache = m.run_with_cache(clean)
-per_layer, t_layer = timed(lambda: iv.patch_each_head(m, corrupt, clean, metric_b))
-growing, t_grow = timed(lambda: circuits.patch_heads(m, corrupt, clean, metric_b, fast=False))
-fast, t_fast = timed(lambda: circuits.patch_heads(m, corrupt, clean, metric_b, fast=True))
-attrib, t_attr = timed(lambda: iv.attribution_patch_heads(m, corrupt, clean, metric_b))
+growing, t_grow = timed(lambda: engine.patch_heads(m, corrupt, clean, metric_b, fast=False))
+fast, t_fast = timed(lambda: engine.patch_heads(m, corrupt, clean, metric_b, fast=True))
+attrib, t_attr = timed(lambda: engine.attribution_patch_heads(m, corrupt, clean, metric_b))
 with contextlib.redirect_stderr(_io.StringIO()):
     theirs, t_tl = timed(lambda: patching.get_act_patch_attn_head_out_all_pos(m, corrupt, clean_cache, metric_tl))
 theirs = theirs.float()
 base = float(metric_b(m(corrupt)).mean())
 corr = lambda a, b: float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
 print(json.dumps({"threads": torch.get_num_threads(), "tokens": clean.shape[1], "heads": theirs.numel(),
-                  "transformer_lens_s": t_tl, "per_layer_s": t_layer, "growing_batch_s": t_grow, "fast_llama_s": t_fast,
-                  "attribution_s": t_attr, "speedup_per_layer": t_tl / t_layer, "speedup_growing_batch": t_tl / t_grow,
+                  "transformer_lens_s": t_tl, "growing_batch_s": t_grow, "fast_llama_s": t_fast,
+                  "attribution_s": t_attr, "speedup_growing_batch": t_tl / t_grow,
                   "speedup_fast_llama": t_tl / t_fast, "speedup_attribution": t_tl / t_attr,
-                  "max_abs_diff_exact": float(max((x - theirs).abs().max() for x in (per_layer, growing, fast))),
+                  "max_abs_diff_exact": float(max((x - theirs).abs().max() for x in (growing, fast))),
                   "attribution_correlation": corr(attrib, theirs - base)}))
 """
 
@@ -253,17 +252,17 @@ def to_markdown(results: dict) -> str:
     if patch:
         lines += ["", "All-heads activation patching, SmolLM2 (270 heads, one 15-token IOI prompt, corrupted <- clean), "
                   "each row one process:", "",
-                  "| torch threads | TransformerLens loop (s) | per-layer batches (s) | growing batch, hooks (s) | "
+                  "| torch threads | TransformerLens loop (s) | growing batch, hooks (s) | "
                   "fast Llama engine (s) | attribution (s) | speed-up, growing batch | speed-up, fast Llama | "
                   "speed-up, attribution | max abs diff (exact) | attribution r |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for t, p in patch.items():
             if "error" in p:
-                lines.append(f"| {t} | error: {p['error'][-80:]} | | | | | | | | | |")
+                lines.append(f"| {t} | error: {p['error'][-80:]} | | | | | | | | |")
                 continue
             fast = "-" if p.get("fast_llama_s") is None else f"{p['fast_llama_s']:.1f}"
             fast_x = "-" if p.get("speedup_fast_llama") is None else f"{p['speedup_fast_llama']:.1f}x"
-            lines.append(f"| {p['threads']} | {p['transformer_lens_s']:.1f} | {p['per_layer_s']:.1f} | "
+            lines.append(f"| {p['threads']} | {p['transformer_lens_s']:.1f} | "
                          f"{p['growing_batch_s']:.1f} | {fast} | {p['attribution_s']:.2f} | {p['speedup_growing_batch']:.1f}x | "
                          f"{fast_x} | {p['speedup_attribution']:.0f}x | {p['max_abs_diff_exact']:.1e} | "
                          f"{p['attribution_correlation']:.3f} |")

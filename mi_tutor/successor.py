@@ -7,7 +7,7 @@ four methods and found that the methods disagree. This module implements the fou
 for ANY TransformerBridge (a toy model trained here, SmolLM2, GPT-2), plus the comparison
 and a path-patching test of why a head can matter without having a successor OV circuit.
 
-1. **Weights.** `effective_ov`: the residual stream after layer 0 of each ordinal token
+1. **Weights.** `lab.readout.effective_ov`: the residual stream after layer 0 of each ordinal token
    (on its own, so layer 0 sees only that token), through a head's OV circuit and the
    unembedding: a [n, n] logit table per head. `successor_scores`: the fraction of ordinal
    tokens whose top logit, among their category's tokens, is the true successor.
@@ -15,12 +15,12 @@ and a path-patching test of why a head can matter without having a successor OV 
    tables; components are labelled by correlation with succession / copying / category
    templates; each head's weight on each component is its score.
 3. **Ablation.** `ablation_effects`: mean-ablate each head on successor prompts; the drop
-   in the correct successor's log-probability. One forward pass per layer, started at
-   that layer from the cached residual stream.
+   in the correct successor's log-probability (the patching engine, `lab.patching`).
 4. **Attribution.** `attribution_effects`: attribution patching from corrupted prompts
    (same category, no succession) into clean ones, per head: 2 forwards + 1 backward.
 
-Then `rank_table`, `rank_correlations`, `disagreements` and `path_patch_effects`.
+Then `disagreements`, `high_ablation_low_weight` and `path_patch_effects` (the rank
+statistics themselves are in `lab.scores`).
 
 The toy model (`ToyTask`, `train_toy`) is a 2-layer transformer trained on comma-separated
 ordinal lists mixed with distractor text. `interchange_flip_rates` locates where its
@@ -37,9 +37,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .interventions import Metric, attribution_patch_heads, head_outputs, heads_replaced_hooks, patch_each_head, z_name
+from .lab.hooks import Head, head_label, head_outputs, hook_name, logprob_metric
+from .lab.patching import (Patch, ablate_heads, ablation_values, attribution_patch_heads, copies_runner, heads_replaced,
+                           patch_heads, path_patch, run_patched)
+from .lab.readout import effective_ov
+from .lab.scores import ranks
 from .ordinal import OrdinalTokens, SuccessorPrompts, successor_prompts
-from .plots import finish
 
 METHODS = ("weights", "ICA", "ablation", "attribution")
 
@@ -187,10 +190,13 @@ def train_toy(task: ToyTask, steps: int = 400, batch: int = 64, lr: float = 3e-3
     return model, history, (Xte, Mte)
 
 
-def _last_position_mask(n_pos: int) -> torch.Tensor:
-    mask = torch.zeros(n_pos, dtype=torch.bool)
-    mask[-1] = True
-    return mask
+def _flip_sources(prompts: SuccessorPrompts, shift: int) -> torch.Tensor:
+    """For every prompt, a source prompt with another answer (the list rolled by `shift`)."""
+    n = len(prompts)
+    src = torch.roll(torch.arange(n), shift)
+    same = prompts.target[src] == prompts.target
+    src[same] = torch.roll(torch.arange(n), shift + 1)[same]
+    return src
 
 
 @torch.no_grad()
@@ -205,29 +211,33 @@ def interchange_flip_rates(model, prompts: SuccessorPrompts, shift: int = 1) -> 
     Returns:
         [n_layers, n_heads] flip rates in [0, 1].
     """
-    n = len(prompts)
-    src = torch.roll(torch.arange(n), shift)
-    same = prompts.target[src] == prompts.target
-    src[same] = torch.roll(torch.arange(n), shift + 1)[same]
+    src = _flip_sources(prompts, shift)
     src_target = prompts.target[src]
 
     def flipped(logits):
         return (logits[:, -1].argmax(-1) == src_target).float()
 
-    return patch_each_head(model, prompts.tokens, prompts.tokens[src], flipped,
-                           positions=_last_position_mask(prompts.tokens.shape[1]))
+    return patch_heads(model, prompts.tokens, prompts.tokens[src], flipped, pos=-1)
 
 
 @torch.no_grad()
-def flip_rate_of_heads(model, prompts: SuccessorPrompts, heads: Sequence[tuple[int, int]], shift: int = 1) -> float:
-    """Like `interchange_flip_rates`, but patching a SET of heads at once."""
-    n = len(prompts)
-    src = torch.roll(torch.arange(n), shift)
-    same = prompts.target[src] == prompts.target
-    src[same] = torch.roll(torch.arange(n), shift + 1)[same]
+def flip_rates_of_sets(model, prompts: SuccessorPrompts, head_sets: Sequence[Sequence[Head]], shift: int = 1,
+                       max_rows: int = 128) -> list[float]:
+    """Like `interchange_flip_rates`, but patching each SET of heads together (all sets in a few batched passes)."""
+    src = _flip_sources(prompts, shift)
     source = head_outputs(model, prompts.tokens[src])
-    logits = model.run_with_hooks(prompts.tokens, fwd_hooks=heads_replaced_hooks(heads, source, pos=-1))
-    return float((logits[:, -1].argmax(-1) == prompts.target[src]).float().mean())
+    run = copies_runner(model, prompts.tokens)
+    per = max(1, max_rows // len(prompts))
+    rates: list[float] = []
+    for i in range(0, len(head_sets), per):
+        logits = run([heads_replaced(hs, source, pos=-1) for hs in head_sets[i:i + per]])[1:, :, -1]
+        rates += (logits.argmax(-1) == prompts.target[src]).float().mean(-1).tolist()
+    return rates
+
+
+def flip_rate_of_heads(model, prompts: SuccessorPrompts, heads: Sequence[Head], shift: int = 1) -> float:
+    """`flip_rates_of_sets` for one set of heads."""
+    return flip_rates_of_sets(model, prompts, [list(heads)], shift)[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -235,76 +245,7 @@ def flip_rate_of_heads(model, prompts: SuccessorPrompts, heads: Sequence[tuple[i
 # --------------------------------------------------------------------------------------
 
 
-def _norm_params(module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    w = b = None
-    for name, p in module.named_parameters():
-        if name.endswith("weight"):
-            w = p.detach()
-        elif name.endswith("bias"):
-            b = p.detach()
-    return w, b
-
-
-def _apply_norm(x: torch.Tensor, module, kind: str | None, eps: float = 1e-5) -> torch.Tensor:
-    """Apply a bridge norm layer's maths to `x` [..., d] without its hooks (LN, RMS or none)."""
-    if kind is None or module is None:
-        return x
-    if kind.startswith("LN"):
-        x = x - x.mean(-1, keepdim=True)
-    if kind.startswith("LN") or kind.startswith("RMS"):
-        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    if kind in ("LN", "RMS"):
-        w, b = _norm_params(module)
-        if w is not None:
-            x = x * w
-        if b is not None:
-            x = x + b
-    return x
-
-
-@torch.no_grad()
-def resid_after_layer0(model, ids: torch.Tensor) -> torch.Tensor:
-    """The residual stream after layer 0 for each token on its own ([n, d_model]).
-
-    Each token is a one-token sequence (no BOS), so layer 0's attention can only attend to
-    the token itself: this is "embedding, then the first attention + MLP layer" (Gould et
-    al. use embedding -> MLP0; Ameisen & Batson the residual after layer 0's MLP).
-    """
-    name = "blocks.0.hook_resid_post"
-    _, cache = model.run_with_cache(ids[:, None], names_filter=lambda n: n == name)
-    return cache[name][:, 0].clone()
-
-
-@torch.no_grad()
-def effective_ov(model, ids: torch.Tensor, resid: torch.Tensor | None = None) -> torch.Tensor:
-    """Effective OV circuit of every head, restricted to the tokens `ids`.
-
-    ``logits[L, h, i, j]`` = unembed(norm_final(OV_{L,h}(norm1_L(resid0(ids[i])))))[ids[j]]:
-    how strongly head (L, h), attending to token i, raises token j. Works with LayerNorm,
-    RMSNorm or none, and with grouped-query attention (key/value heads are shared by
-    groups of query heads). Value biases are left out.
-
-    Returns:
-        [n_layers, n_heads, n, n]
-    """
-    if ids.ndim != 1:
-        raise ValueError(f"ids must be a 1-D tensor of token ids, got shape {tuple(ids.shape)}")
-    resid = resid_after_layer0(model, ids) if resid is None else resid
-    cfg = model.cfg
-    kind = cfg.normalization_type
-    W_V, W_O, W_U = model.W_V.detach(), model.W_O.detach(), model.W_U.detach()  # recomputed per access: read once
-    if W_V.shape[1] != cfg.n_heads:  # GQA: query head h uses kv head h // group
-        W_V = W_V.repeat_interleave(cfg.n_heads // W_V.shape[1], dim=1)
-    W_U = W_U[:, ids]
-    out = torch.empty(cfg.n_layers, cfg.n_heads, len(ids), len(ids))
-    final = getattr(model, "ln_final", None)
-    for L in range(cfg.n_layers):
-        x = _apply_norm(resid, getattr(model.blocks[L], "ln1", None), kind)
-        v = torch.einsum("nd,hde->hne", x, W_V[L])
-        o = torch.einsum("hne,hed->hnd", v, W_O[L])
-        o = _apply_norm(o, final, kind)
-        out[L] = o @ W_U
-    return out
+# `lab.readout.effective_ov` computes the [n_layers, n_heads, n, n] tables this method scores.
 
 
 def successor_score(logits: torch.Tensor, category: torch.Tensor, successor: torch.Tensor) -> float:
@@ -375,7 +316,8 @@ def templates(otok: OrdinalTokens) -> dict[str, np.ndarray]:
     return {"succession": succ, "copying": np.eye(n), "category": cat}
 
 
-def _row_centre(m: np.ndarray) -> np.ndarray:
+def row_centre(m: np.ndarray) -> np.ndarray:
+    """Each row minus its mean (what ICA components are compared on)."""
     return m - m.mean(-1, keepdims=True)
 
 
@@ -430,10 +372,10 @@ def run_ica(eff_ov: torch.Tensor, otok: OrdinalTokens, n_components: int = 16, s
     A = ica.mixing_  # [heads, k]
     T = templates(otok)
     names = list(T)
-    tflat = np.stack([_row_centre(T[k]).ravel() for k in names])  # [3, n*n]
+    tflat = np.stack([row_centre(T[k]).ravel() for k in names])  # [3, n*n]
     comps, corr = [], []
     for k in range(S.shape[1]):
-        c = _row_centre(S[:, k].reshape(n, n)).ravel()
+        c = row_centre(S[:, k].reshape(n, n)).ravel()
         r = np.array([np.corrcoef(c, t)[0, 1] for t in tflat])
         best = int(np.argmax(np.abs(r)))
         sign = 1.0 if r[best] >= 0 else -1.0
@@ -462,53 +404,15 @@ def mean_ablate_head(z: torch.Tensor, head: int, mean_z: torch.Tensor) -> torch.
     return z
 
 
-def logprob_metric(target: torch.Tensor) -> Metric:
-    """metric(logits) = log-probability of `target` [batch] at the last position, per prompt."""
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        lp = logits[:, -1].float().log_softmax(-1)
-        return lp[torch.arange(lp.shape[0]), target[: lp.shape[0]]]
-    return metric
-
-
-#: unembed only the last position (the metric reads nothing else): on SmolLM2 the unembedding
-#: (49,152 x 576) would otherwise cost as much as several layers per prompt.
-_LAST_ONLY = ("unembed.hook_in", lambda x, hook: x[:, -1:])
-
-
-@torch.no_grad()
-def ablation_effects(model, prompts: SuccessorPrompts, max_batch: int = 256) -> torch.Tensor:
+def ablation_effects(model, prompts: SuccessorPrompts, max_rows: int = 256) -> torch.Tensor:
     """Drop in log p(successor) when each head is mean-ablated (mean over the prompts), [n_layers, n_heads].
 
-    Positive = the head helps. Equivalent to `interventions.ablate_each_head(..., "mean")`
-    (a test checks this), but each layer's forward pass starts at that layer from the
-    cached residual stream (about half the compute on a deep model), and only the last
-    position is unembedded.
+    Positive = the head helps. One `lab.patching.ablate_heads` sweep (fast_llama on SmolLM2).
     """
-    tokens, metric = prompts.tokens, logprob_metric(prompts.target)
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    names = {f"blocks.{l}.hook_resid_pre" for l in range(n_layers)} | {z_name(l) for l in range(n_layers)}
-    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    base = metric(logits).mean()
-    batch = tokens.shape[0]
-    per_chunk = max(1, max_batch // batch)
-    out = torch.empty(n_layers, n_heads)
-    for layer in range(n_layers):
-        mean_z = cache[z_name(layer)].mean(0)  # [pos, head, d_head]
-        resid = cache[f"blocks.{layer}.hook_resid_pre"]
-        for h0 in range(0, n_heads, per_chunk):
-            heads = list(range(h0, min(n_heads, h0 + per_chunk)))
-
-            def hook(z, hook, heads=heads, mean_z=mean_z):
-                z = z.clone()
-                for i, h in enumerate(heads):
-                    z[i * batch:(i + 1) * batch, :, h] = mean_z[None, :, h]
-                return z
-
-            x = resid.repeat(len(heads), *([1] * (resid.ndim - 1)))
-            lg = model.run_with_hooks(x, start_at_layer=layer, fwd_hooks=[(z_name(layer), hook), _LAST_ONLY])
-            for i, h in enumerate(heads):
-                out[layer, h] = base - metric(lg[i * batch:(i + 1) * batch]).mean()
-    return out
+    metric = logprob_metric(prompts.target)
+    with torch.no_grad():
+        base = metric(model(prompts.tokens)).float().mean()
+    return base - ablate_heads(model, prompts.tokens, metric, "mean", reference_tokens=prompts.tokens, max_rows=max_rows)
 
 
 # --------------------------------------------------------------------------------------
@@ -533,7 +437,7 @@ def attribution_effects(model, prompts: SuccessorPrompts) -> torch.Tensor:
     """Estimated drop in log p(successor) when each head takes its value on the corrupted
     prompts (same category, no succession): attribution patching, [n_layers, n_heads].
 
-    Positive = the head helps. Uses `interventions.attribution_patch_heads`.
+    Positive = the head helps. Uses `lab.patching.attribution_patch_heads`.
     """
     est = attribution_patch_heads(model, prompts.tokens, prompts.corrupt, logprob_metric(prompts.target))
     return -est
@@ -542,49 +446,6 @@ def attribution_effects(model, prompts: SuccessorPrompts) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 # The comparison
 # --------------------------------------------------------------------------------------
-
-
-def head_name(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
-
-
-def ranks(scores: torch.Tensor) -> torch.Tensor:
-    """Rank of every head (1 = highest score), [n_layers, n_heads]."""
-    flat = scores.flatten()
-    order = torch.argsort(flat, descending=True, stable=True)
-    r = torch.empty_like(order)
-    r[order] = torch.arange(1, len(flat) + 1)
-    return r.reshape(scores.shape)
-
-
-def rank_table(scores: dict[str, torch.Tensor], top: int = 10, sort_by: str | None = None):
-    """A pandas DataFrame: the heads in any method's top `top`, with each method's rank."""
-    import pandas as pd
-
-    rk = {m: ranks(s) for m, s in scores.items()}
-    any_s = next(iter(scores.values()))
-    H = any_s.shape[1]
-    heads = sorted({(int(i) // H, int(i) % H) for r in rk.values() for i in torch.nonzero(r.flatten() <= top).flatten()})
-    rows = [{"head": head_name(l, h), **{f"{m} rank": int(rk[m][l, h]) for m in scores}} for l, h in heads]
-    df = pd.DataFrame(rows).set_index("head")
-    sort_by = sort_by or f"{next(iter(scores))} rank"
-    return df.sort_values(sort_by)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two score tables (ties broken by order)."""
-    ra, rb = ranks(a).flatten().double(), ranks(b).flatten().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
-
-
-def rank_correlations(scores: dict[str, torch.Tensor]):
-    """Spearman correlation between every pair of methods (a pandas DataFrame)."""
-    import pandas as pd
-
-    names = list(scores)
-    m = [[spearman(scores[a], scores[b]) for b in names] for a in names]
-    return pd.DataFrame(m, index=names, columns=names)
 
 
 def disagreements(scores: dict[str, torch.Tensor], top: int = 5, low: int | None = None) -> list[dict]:
@@ -601,7 +462,7 @@ def disagreements(scores: dict[str, torch.Tensor], top: int = 5, low: int | None
             l, h = i // H, i % H
             for m_lo, r_lo in rk.items():
                 if m_lo != m_hi and int(r_lo[l, h]) > low:
-                    rows.append({"head": head_name(l, h), "layer": l, "index": h, "high in": m_hi,
+                    rows.append({"head": head_label((l, h)), "layer": l, "index": h, "high in": m_hi,
                                  "rank (high)": int(r_hi[l, h]), "low in": m_lo, "rank (low)": int(r_lo[l, h])})
     return rows
 
@@ -641,263 +502,67 @@ def path_patch_effects(model, prompts: SuccessorPrompts, sender: tuple[int, int]
     """
     tokens, metric = prompts.tokens, logprob_metric(prompts.target)
     ls, hs = sender
-    mean_z = head_outputs(model, tokens, [ls])[ls].mean(0)
-
-    def ablate(z, hook):
-        return mean_ablate_head(z, hs, mean_z)
-
     n_layers = model.cfg.n_layers
-    rec_layers = sorted({l for l, _ in receivers})
-    want = set()
-    for l in rec_layers:
-        want |= {f"blocks.{l}.attn.hook_q", f"blocks.{l}.attn.hook_k", f"blocks.{l}.attn.hook_v"}
-    mlp_names = [f"blocks.{l}.hook_resid_mid" for l in range(ls + 1, n_layers)]
-    if not getattr(model.cfg, "attn_only", False):
-        want |= set(mlp_names)
-    store: dict[str, torch.Tensor] = {}
+    mean = ablation_values(model, tokens, "mean", tokens, layers=[ls])
+    clean = float(metric(model(tokens)).mean())
+    out = {"total": clean - float(metric(run_patched(model, tokens, [Patch(ls, hs, mean[ls])])).mean())}
 
-    def keep(name):  # keyed by the name we asked for: hook.name may be an alias
-        def hook(x, hook):
-            store[name] = x.clone()
-            return x
-        return hook
+    def via(receivers) -> float:
+        lp = path_patch(model, tokens, None, metric, [sender], receivers, freeze=False, sender_values=mean)
+        return clean - float(lp[0])
 
-    clean = metric(model(tokens)).mean()
-    lg_a = model.run_with_hooks(tokens, fwd_hooks=[(z_name(ls), ablate)] + [(n, keep(n)) for n in sorted(want)])
-    out = {"total": float(clean - metric(lg_a).mean())}
-
-    def replace(heads_by_layer, which):
-        hooks = []
-        n_q = model.cfg.n_heads
-        for l, hs_ in heads_by_layer.items():
-            name = f"blocks.{l}.attn.hook_{which}"
-
-            def hook(x, hook, name=name, hs_=hs_):
-                x = x.clone()
-                idx = hs_
-                if x.shape[2] != n_q:  # grouped-query keys/values
-                    idx = sorted({h // (n_q // x.shape[2]) for h in hs_})
-                x[:, :, idx] = store[name][:, :, idx]
-                return x
-            hooks.append((name, hook))
-        return hooks
-
-    by_layer: dict[int, list[int]] = {}
-    for l, h in receivers:
-        by_layer.setdefault(l, []).append(h)
-    lg = model.run_with_hooks(tokens, fwd_hooks=replace(by_layer, "q"))
-    out["via receivers' queries"] = float(clean - metric(lg).mean())
-    lg = model.run_with_hooks(tokens, fwd_hooks=replace(by_layer, "k") + replace(by_layer, "v"))
-    out["via receivers' keys+values"] = float(clean - metric(lg).mean())
-    if not getattr(model.cfg, "attn_only", False) and mlp_names:
-        lg = model.run_with_hooks(tokens, fwd_hooks=[(n, lambda x, hook, n=n: store[n]) for n in mlp_names])
-        out["via later MLPs"] = float(clean - metric(lg).mean())
+    out["via receivers' queries"] = via([(l, h, "q") for l, h in receivers])
+    out["via receivers' keys+values"] = via([(l, h, site) for l, h in receivers for site in ("k", "v")])
+    if not getattr(model.cfg, "attn_only", False) and ls + 1 < n_layers:
+        out["via later MLPs"] = via([(l, None, "resid_mid") for l in range(ls + 1, n_layers)])
     # direct: remove the sender's output from the final residual stream only
     z = head_outputs(model, tokens, [ls])[ls]
-    W_O = model.W_O[ls, hs].detach()
-    delta = torch.einsum("bpe,ed->bpd", mean_z[None, :, hs] - z[:, :, hs], W_O)
-    lg = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{n_layers - 1}.hook_resid_post", lambda x, hook: x + delta)])
-    out["direct"] = float(clean - metric(lg).mean())
+    delta = torch.einsum("bpe,ed->bpd", mean[ls][:, :, hs] - z[:, :, hs], model.W_O[ls, hs].detach())
+    last = hook_name(n_layers - 1, "resid_post")
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == last)
+    direct = run_patched(model, tokens, [Patch(n_layers - 1, None, cache[last] + delta, "resid_post")])
+    out["direct"] = clean - float(metric(direct).mean())
     return out
 
 
 # --------------------------------------------------------------------------------------
-# Figures
+# Ground truth on the toy, and the four methods together
 # --------------------------------------------------------------------------------------
-
-
-
-def plot_toy_history(history):
-    """Test loss and successor accuracy of the toy model's training run."""
-    from .training import plot_history
-
-    return finish(plot_history(history, panels=[["test_loss"], ["successor_acc"]], title="toy successor model"))
-
-
-def plot_successor_matrix(eff_ov: torch.Tensor, otok: OrdinalTokens, layer: int, head: int,
-                          category: str | int = 0, ax=None):
-    """Heatmap of one head's effective OV logits within one category; boxes mark true successors."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    idx = otok.in_category(category)
-    m = eff_ov[layer, head][idx][:, idx]
-    m = m - m.mean(-1, keepdim=True)
-    own = ax is None
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    else:
-        fig = ax.figure
-    lim = float(m.abs().max()) or 1.0
-    ax.imshow(m.numpy(), cmap="RdBu", vmin=-lim, vmax=lim)
-    labels = [otok.labels[i] for i in idx]
-    ax.set_xticks(range(len(idx)))
-    ax.set_xticklabels(labels, rotation=90, fontsize=6)
-    ax.set_yticks(range(len(idx)))
-    ax.set_yticklabels(labels, fontsize=6)
-    pos = {int(i): k for k, i in enumerate(idx)}
-    for r, i in enumerate(idx.tolist()):
-        j = int(otok.successor[i])
-        if j in pos:
-            ax.add_patch(Rectangle((pos[j] - 0.5, r - 0.5), 1, 1, fill=False, ec="k", lw=0.8))
-        ax.plot(int(m[r].argmax()), r, "k.", ms=3)
-    name = otok.category_names[category] if isinstance(category, int) else category
-    score = successor_score(eff_ov[layer, head][idx][:, idx], otok.category[idx],
-                            torch.tensor([pos.get(int(otok.successor[i]), -1) for i in idx.tolist()]))
-    ax.set_title(f"{head_name(layer, head)} on {name}: score {score:.2f}", fontsize=9)
-    ax.set_xlabel("output token (box = true successor, dot = top-1)", fontsize=7)
-    ax.set_ylabel("input token", fontsize=7)
-    fig.tight_layout()
-    return finish(fig) if own else fig
-
-
-def plot_top_heads(eff_ov: torch.Tensor, otok: OrdinalTokens, cat_scores: torch.Tensor, k: int = 2):
-    """For every category, the effective OV tables of its `k` best heads (by that category's score)."""
-    import matplotlib.pyplot as plt
-
-    C = len(otok.category_names)
-    fig, axes = plt.subplots(k, C, figsize=(2.9 * C, 2.8 * k), squeeze=False)
-    for c in range(C):
-        flat = cat_scores[c].flatten()
-        for r, i in enumerate(torch.argsort(flat, descending=True, stable=True)[:k].tolist()):
-            l, h = divmod(i, cat_scores.shape[2])
-            plot_successor_matrix(eff_ov, otok, l, h, c, ax=axes[r, c])
-            axes[r, c].set_xlabel("")
-            axes[r, c].set_ylabel("")
-    fig.tight_layout()
-    return finish(fig)
-
-
-def plot_ica(ica: ICAResult, otok: OrdinalTokens, show: int = 4):
-    """The succession component and the `show - 1` most template-like others (first row), with each
-    head's weight on them (second row). Titles give the correlation with each template."""
-    import matplotlib.pyplot as plt
-
-    k_succ = ica.best("succession")  # always shown first: it is the ICA score of the comparison
-    rest = [int(k) for k in np.argsort(-np.abs(ica.template_corr).max(1)) if int(k) != k_succ]
-    order = [k_succ] + rest[: show - 1]
-    fig, axes = plt.subplots(2, show, figsize=(3.3 * show, 6.2), squeeze=False)
-    for col, k in enumerate(order):
-        c = _row_centre(ica.components[k])
-        lim = np.abs(c).max() or 1.0
-        axes[0, col].imshow(c, cmap="RdBu", vmin=-lim, vmax=lim)
-        r = ", ".join(f"{n[:4]} {v:.2f}" for n, v in zip(ica.template_names, ica.template_corr[k]))
-        extra = " (succession score)" if k == k_succ else ""
-        axes[0, col].set_title(f"component {k}: {ica.labels[k]}{extra}\nr: {r}", fontsize=8)
-        axes[0, col].set_xlabel("output ordinal token", fontsize=7)
-        axes[0, col].set_ylabel("input ordinal token", fontsize=7)
-        s = ica.head_scores[k].numpy()
-        lim = np.abs(s).max() or 1.0
-        im = axes[1, col].imshow(s, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-        axes[1, col].set_xlabel("head", fontsize=7)
-        axes[1, col].set_ylabel("layer", fontsize=7)
-        axes[1, col].set_title("head weights", fontsize=8)
-        fig.colorbar(im, ax=axes[1, col], fraction=0.046)
-    fig.tight_layout()
-    return finish(fig)
-
-
-def plot_four_maps(scores: dict[str, torch.Tensor], mark: Sequence[tuple[int, int]] = ()):
-    """The four methods' [layer, head] score maps side by side; `mark` circles chosen heads."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(scores), figsize=(3.6 * len(scores), 3.4), squeeze=False)
-    for ax, (name, s) in zip(axes[0], scores.items()):
-        v = s.numpy()
-        lim = np.abs(v).max() or 1.0
-        im = ax.imshow(v, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-        for l, h in mark:
-            ax.plot(h, l, "o", mfc="none", mec="k", ms=9)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        step = max(1, v.shape[0] // 8)
-        ax.set_yticks(range(0, v.shape[0], step))
-        ax.set_xticks(range(0, v.shape[1], max(1, v.shape[1] // 9)))
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    return finish(fig)
-
-
-def plot_method_scatter(scores: dict[str, torch.Tensor], x: str, y: str, n_labels: int = 6, use_ranks: bool = False):
-    """Scatter of every head's score under two methods, labelling the heads where they disagree most.
-
-    Outliers = largest |rank_x - rank_y| among heads that at least one method ranks highly.
-    """
-    import matplotlib.pyplot as plt
-
-    sx, sy = scores[x].flatten(), scores[y].flatten()
-    rx, ry = ranks(scores[x]).flatten(), ranks(scores[y]).flatten()
-    H = scores[x].shape[1]
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
-    vx, vy = (rx, ry) if use_ranks else (sx, sy)
-    ax.scatter(vx.numpy(), vy.numpy(), s=12, alpha=0.6)
-    n = len(sx)
-    interesting = torch.minimum(rx, ry) <= max(5, n // 20)
-    gap = (rx - ry).abs().float() * interesting
-    for i in torch.argsort(gap, descending=True)[:n_labels].tolist():
-        ax.scatter([vx[i]], [vy[i]], s=30, color="tab:red")
-        ax.annotate(head_name(i // H, i % H), (float(vx[i]), float(vy[i])), fontsize=8, xytext=(3, 3),
-                    textcoords="offset points")
-    for i in torch.argsort(torch.maximum(rx, ry))[:3].tolist():  # heads both methods rank top
-        ax.scatter([vx[i]], [vy[i]], s=30, color="tab:green")
-        ax.annotate(head_name(i // H, i % H), (float(vx[i]), float(vy[i])), fontsize=8, xytext=(3, -9),
-                    textcoords="offset points", color="tab:green")
-    ax.set_xlabel(f"{x} {'rank' if use_ranks else 'score'}")
-    ax.set_ylabel(f"{y} {'rank' if use_ranks else 'score'}")
-    if use_ranks:
-        ax.invert_xaxis(); ax.invert_yaxis()
-    ax.set_title(f"{x} vs {y}: Spearman {spearman(scores[x], scores[y]):.2f}\n"
-                 "red = largest disagreement, green = agreed top heads", fontsize=9)
-    fig.tight_layout()
-    return finish(fig)
-
-
-__all__ = [
-    "METHODS", "TOY_CATEGORIES", "ToyTask", "toy_model", "train_toy", "toy_successor_accuracy",
-    "interchange_flip_rates", "flip_rate_of_heads", "resid_after_layer0", "effective_ov", "successor_score",
-    "successor_scores", "category_scores", "ica_matrix", "templates", "ICAResult", "run_ica",
-    "mean_ablate_head", "logprob_metric", "ablation_effects", "attribution_estimate", "attribution_effects",
-    "head_name", "ranks", "rank_table", "spearman", "rank_correlations", "disagreements",
-    "high_ablation_low_weight", "path_patch_effects", "plot_successor_matrix", "plot_top_heads", "plot_ica",
-    "plot_four_maps", "plot_method_scatter",
-]
 
 
 @torch.no_grad()
 def minimal_flip_set(model, prompts: SuccessorPrompts, threshold: float = 0.8, max_heads: int | None = None,
-                     shift: int = 1) -> tuple[list[tuple[int, int]], list[float]]:
+                     shift: int = 1) -> tuple[list[Head], list[float]]:
     """Greedy ground truth: the smallest set of heads whose outputs, patched together at the
     final position from a prompt with another answer, flip the prediction to that answer.
 
-    Heads are added one at a time (the one that raises the set's flip rate most) until the
-    flip rate reaches `threshold`. Returns (heads in the order added, flip rate after each).
+    Heads are added one at a time (the one that raises the set's flip rate most; ties to the
+    first) until the flip rate reaches `threshold`. Returns (heads in the order added, flip
+    rate after each). Each step tries every candidate in a few batched passes.
     """
     L, H = model.cfg.n_layers, model.cfg.n_heads
     max_heads = max_heads or L * H
-    chosen: list[tuple[int, int]] = []
+    chosen: list[Head] = []
     rates: list[float] = []
     while len(chosen) < max_heads and (not rates or rates[-1] < threshold):
-        best, best_rate = None, -1.0
-        for l in range(L):
-            for h in range(H):
-                if (l, h) in chosen:
-                    continue
-                r = flip_rate_of_heads(model, prompts, chosen + [(l, h)], shift)
-                if r > best_rate:
-                    best, best_rate = (l, h), r
-        chosen.append(best)
-        rates.append(best_rate)
+        candidates = [(l, h) for l in range(L) for h in range(H) if (l, h) not in chosen]
+        r = flip_rates_of_sets(model, prompts, [chosen + [c] for c in candidates], shift)
+        best = int(np.argmax(r))
+        chosen.append(candidates[best])
+        rates.append(r[best])
     return chosen, rates
+
+
+def layer_flip_rates(model, prompts: SuccessorPrompts, shift: int = 1) -> list[float]:
+    """Flip rate (see `interchange_flip_rates`) when ALL heads of one layer are patched together, per layer."""
+    H = model.cfg.n_heads
+    return flip_rates_of_sets(model, prompts, [[(l, h) for h in range(H)] for l in range(model.cfg.n_layers)], shift)
 
 
 def recovery(scores: torch.Tensor, truth: Sequence[tuple[int, int]]) -> float:
     """Fraction of the known heads `truth` that are among the method's top len(truth) heads."""
     r = ranks(scores)
     return sum(int(r[l, h]) <= len(truth) for l, h in truth) / len(truth)
-
-
-__all__ += ["minimal_flip_set", "recovery"]
 
 
 @dataclass
@@ -940,16 +605,6 @@ def recovery_table(scores: dict[str, torch.Tensor], truth: Sequence[tuple[int, i
     return pd.DataFrame(rows).set_index("method")
 
 
-__all__ += ["FourMethods", "four_methods", "recovery_table"]
-
-
-@torch.no_grad()
-def layer_flip_rates(model, prompts: SuccessorPrompts, shift: int = 1) -> list[float]:
-    """Flip rate (see `interchange_flip_rates`) when ALL heads of one layer are patched together, per layer."""
-    H = model.cfg.n_heads
-    return [flip_rate_of_heads(model, prompts, [(l, h) for h in range(H)], shift) for l in range(model.cfg.n_layers)]
-
-
 def known_succession_heads(model, prompts: SuccessorPrompts, threshold: float = 0.8) -> tuple[list[tuple[int, int]], list[float]]:
     """Ground truth for a toy model: every head of each layer whose heads, patched together at the
     final position, flip the answer on at least `threshold` of the prompts.
@@ -961,4 +616,11 @@ def known_succession_heads(model, prompts: SuccessorPrompts, threshold: float = 
     return heads, rates
 
 
-__all__ += ["layer_flip_rates", "known_succession_heads", "plot_toy_history"]
+__all__ = [
+    "METHODS", "TOY_CATEGORIES", "ToyTask", "toy_model", "train_toy", "toy_successor_accuracy",
+    "interchange_flip_rates", "flip_rates_of_sets", "flip_rate_of_heads", "successor_score",
+    "successor_scores", "category_scores", "ica_matrix", "templates", "row_centre", "ICAResult", "run_ica",
+    "mean_ablate_head", "ablation_effects", "attribution_estimate", "attribution_effects",
+    "disagreements", "high_ablation_low_weight", "path_patch_effects", "minimal_flip_set", "layer_flip_rates",
+    "known_succession_heads", "recovery", "FourMethods", "four_methods", "recovery_table",
+]

@@ -1,6 +1,6 @@
 """Checking the instruments' arguments before any forward pass, with one line that says what to do.
 
-Called at the top of the public functions of `interventions` and `circuits`. Every problem
+Called at the top of the public functions of `mi_tutor.lab` (patching, readout, hooks). Every problem
 raises `InstrumentError` (a ValueError, so existing ``except ValueError`` code still works),
 naming the argument and the valid range.
 """

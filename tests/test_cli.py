@@ -43,8 +43,8 @@ def test_benchmark_table_says_which_budgets_are_met():
                              "03_b": {"wall_s": 200.0, "cpu_s": 150.0, "peak_rss_gb": 1.0, "error": None},
                              "04_c": {"wall_s": 10.0, "cpu_s": 9.0, "peak_rss_gb": 1.6, "error": None},
                              "06_d": {"error": "CellExecutionError: boom"}},
-               "patching": {"1": {"threads": 1, "tokens": 15, "heads": 270, "transformer_lens_s": 60.0, "per_layer_s": 15.0,
-                                  "growing_batch_s": 6.0, "fast_llama_s": 4.0, "attribution_s": 0.5, "speedup_per_layer": 4.0,
+               "patching": {"1": {"threads": 1, "tokens": 15, "heads": 270, "transformer_lens_s": 60.0,
+                                  "growing_batch_s": 6.0, "fast_llama_s": 4.0, "attribution_s": 0.5,
                                   "speedup_growing_batch": 10.0, "speedup_fast_llama": 15.0, "speedup_attribution": 120.0,
                                   "max_abs_diff_exact": 1e-5, "attribution_correlation": 0.9}}}
     md = bench.to_markdown(results)
@@ -54,7 +54,7 @@ def test_benchmark_table_says_which_budgets_are_met():
     assert "MISSED" in rows["notebook 03_b"]          # 200 s > 180 s
     assert "MISSED" in rows["notebook 04_c"]          # 1.6 GB > 1.5 GB
     assert "ERROR" in rows["notebook 06_d"]
-    assert "| 1 | 60.0 | 15.0 | 6.0 | 4.0 | 0.50 | 10.0x | 15.0x | 120x |" in md
+    assert "| 1 | 60.0 | 6.0 | 4.0 | 0.50 | 10.0x | 15.0x | 120x |" in md
     # beside a busy process: the ratio to the quiet run, and the suite's parts
     results["notebooks_beside_busy"] = {"00_a": {"wall_s": 45.0, "error": None}, "03_b": {"error": "boom"}}
     results["suite"] = {"quiet": {"wall_s": 1500.0, "exit_status": 0, "pytest": "433 passed",
@@ -67,7 +67,7 @@ def test_benchmark_table_says_which_budgets_are_met():
     del results["notebooks_beside_busy"], results["suite"]
     # a results file from before the fast engine existed still renders
     del results["patching"]["1"]["fast_llama_s"], results["patching"]["1"]["speedup_fast_llama"]
-    assert "| 1 | 60.0 | 15.0 | 6.0 | - | 0.50 | 10.0x | - | 120x |" in bench.to_markdown(results)
+    assert "| 1 | 60.0 | 6.0 | - | 0.50 | 10.0x | - | 120x |" in bench.to_markdown(results)
 
 
 def _demo_checkout(tmp_path, monkeypatch):

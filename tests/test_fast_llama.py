@@ -1,15 +1,17 @@
-"""The plain-torch Llama engine (mi_tutor.fast_llama) gives the bridge's numbers.
+"""The plain-torch Llama backend (mi_tutor.lab.fast_llama) gives the bridge's numbers.
 
 Every check compares against the bridge itself: its forward, its hooks (`run_copies`) or
-TransformerLens-style one-head-at-a-time patching (`interventions.patch_each_head`).
+TransformerLens's one-head-at-a-time patching loop (`mi_tutor.lab.reference`).
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mi_tutor import circuits, fast_llama, interventions as iv, ioi
-from mi_tutor.circuits import Patch
+from mi_tutor import ioi
+from mi_tutor.lab import fast_llama, patching, reference
+from mi_tutor.lab.hooks import head_outputs
+from mi_tutor.lab.patching import Patch
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +27,19 @@ def test_unpatched_forward_equals_the_bridge(smollm2, ds):
     assert torch.allclose(out["logits"], want, atol=1e-3, rtol=1e-4)
     assert out["logits"].argmax(-1).tolist() == want.argmax(-1).tolist()
     # the recorded head outputs are the bridge's hook_z
-    z = iv.head_outputs(smollm2, ds.tokens, [3])[3]
+    z = head_outputs(smollm2, ds.tokens, [3])[3]
     assert torch.allclose(out["z"][3], z, atol=1e-4)
 
 
 def test_patch_heads_matches_the_hook_engine_and_one_at_a_time(smollm2, ds):
     n = smollm2.cfg.n_layers
     layers = [0, n // 2, n - 1]
-    fast = circuits.patch_heads(smollm2, ds.tokens, ds.abc_tokens, ds.metric, layers=layers, max_rows=10)
-    hooks = circuits.patch_heads(smollm2, ds.tokens, ds.abc_tokens, ds.metric, layers=layers, max_rows=10, fast=False)
-    slow = iv.patch_each_head(smollm2, ds.tokens, ds.abc_tokens, ds.metric, layers=layers)
+    fast = patching.patch_heads(smollm2, ds.tokens, ds.abc_tokens, ds.metric, layers=layers, max_rows=10)
+    hooks = patching.patch_heads(smollm2, ds.tokens, ds.abc_tokens, ds.metric, layers=layers, max_rows=10, fast=False)
+    heads = [(l, h) for l in layers for h in range(smollm2.cfg.n_heads)]
+    slow = reference.tl_patch_heads(smollm2, ds.tokens, ds.abc_tokens, ds.metric, heads).reshape(len(layers), -1)
     assert torch.allclose(fast[layers], hooks[layers], atol=1e-4)
-    assert torch.allclose(fast[layers], slow[layers], atol=1e-4)
+    assert torch.allclose(fast[layers], slow, atol=1e-4)
     assert (fast[layers] - fast[layers].mean()).abs().max() > 1e-2  # the patches did something
 
 
@@ -54,14 +57,14 @@ def test_copies_share_the_unchanged_prefix(smollm2, ds):
 
 def test_groups_and_single_positions_match_run_copies(smollm2, ds):
     n = smollm2.cfg.n_layers
-    values = iv.ablation_values(smollm2, ds.tokens, "mean", ds.abc_tokens, layers=[1, n - 2])
+    values = patching.ablation_values(smollm2, ds.tokens, "mean", ds.abc_tokens, layers=[1, n - 2])
     copies = [[Patch(1, 3, values[1])],
               [Patch(1, 0, values[1]), Patch(n - 2, 5, values[n - 2])],  # a group across layers
               [Patch(n - 2, 2, values[n - 2], pos=int(ds.pos["S2"][0]))],  # one position
               []]  # an unpatched copy
     runner = fast_llama.LlamaRunner(smollm2)
     got = runner.replace_heads(ds.tokens, copies)
-    want, _ = circuits.run_copies(smollm2, ds.tokens, copies)
+    want, _ = patching.run_copies(smollm2, ds.tokens, copies)
     assert got.shape == (5, 2, smollm2.cfg.d_vocab)
     assert torch.allclose(got, want[:, :, -1], atol=1e-3, rtol=1e-4)
     assert torch.allclose(got[4], got[0], atol=1e-4)  # the empty copy is the unpatched run

@@ -1,14 +1,14 @@
-"""Tests of the IOI dataset (mi_tutor.ioi) and the circuit tools (mi_tutor.circuits).
+"""Tests of the IOI dataset (mi_tutor.ioi) and notebook 03's circuit lesson (mi_tutor.ioi_circuit).
 
-The engine is checked against the shared one-head-at-a-time code on both architectures
-(GPT-2 path: a tiny random GPT-2; grouped-query path: SmolLM2), on a few layers only.
+The instruments it uses (patching, path patching, DLA) are tested in tests/test_lab_*.py.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mi_tutor import circuits, interventions as iv, ioi
+from mi_tutor import ioi, ioi_circuit as circuits
+from mi_tutor.lab import hooks, readout
 
 
 # --------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def test_metric_and_behaviour_agree(smollm2):
     ds = ioi.make_ioi(smollm2, n=4, seed=0)
     logits = smollm2(ds.tokens)
     beh = ioi.behaviour(smollm2, ds, logits)
-    ld = iv.logit_diff(logits, ds.io, ds.s)
+    ld = hooks.logit_diff(logits, ds.io, ds.s)
     assert torch.allclose(beh.logit_diffs, ld)
     assert beh.frac_io_beats_s == float((ld > 0).float().mean())
     assert "paper (GPT-2 small)" in beh.table("m") and "3.56" in beh.table("m")
@@ -89,110 +89,13 @@ def test_sentence_parsing_finds_io_and_s(smollm2):
     assert p.tokens[0, p.pos["IO"]] == p.io and p.tokens[0, p.pos["S2"]] == p.s
 
 
-# --------------------------------------------------------------------------------------
-# the growing-batch engine equals one-at-a-time patching
-# --------------------------------------------------------------------------------------
-
-
 def _pair(model, n=2):
-    ds = ioi.make_ioi(model, n=n, seed=1)
-    return ds
-
-
-@pytest.mark.parametrize("arch", ["gpt2_arch", "smollm2"])
-def test_patch_heads_equals_one_at_a_time(arch, request):
-    model = request.getfixturevalue(arch)
-    ds = _pair(model)
-    layers = [model.cfg.n_layers - 1] if arch == "smollm2" else [0, 1]
-    fast = circuits.patch_heads(model, ds.tokens, ds.abc_tokens, ds.metric, layers=layers, max_rows=6)
-    slow = iv.patch_each_head(model, ds.tokens, ds.abc_tokens, ds.metric, layers=layers)
-    assert torch.allclose(fast[layers], slow[layers], atol=1e-4)
-    assert torch.isnan(fast[0]).all() or 0 in layers
-    with torch.no_grad():
-        clean = float(ds.metric(model(ds.tokens)).mean())
-    assert (fast[layers] - clean).abs().max() > 0  # the patches did something
-
-
-def test_patch_residual_and_by_position_match_reference(gpt2_arch):
-    model = gpt2_arch
-    ds = _pair(model)
-    fast = circuits.patch_residual_fast(model, ds.tokens, ds.abc_tokens, ds.metric)
-    slow = iv.patch_residual(model, ds.tokens, ds.abc_tokens, ds.metric)
-    assert torch.allclose(fast, slow, atol=1e-4)
-    # one head at one position: the same as a hand-written hook
-    head = (1, 2)
-    by_pos = circuits.patch_heads_by_position(model, ds.tokens, ds.abc_tokens, ds.metric, [head])
-    src = iv.head_outputs(model, ds.abc_tokens, [1])[1]
-    p = int(ds.pos["S2"][0])
-
-    def hook(z, hook):
-        z = z.clone()
-        z[:, p, head[1]] = src[:, p, head[1]]
-        return z
-
-    want = ds.metric(model.run_with_hooks(ds.tokens, fwd_hooks=[(iv.z_name(1), hook)])).mean()
-    assert abs(float(by_pos[0, p]) - float(want.detach())) < 1e-4
-
-
-def test_path_patching_equals_a_hand_written_two_step_run(gpt2_arch):
-    """Sender 0.1 -> receiver 1.3's queries, written out with plain hooks."""
-    model = gpt2_arch
-    ds = _pair(model)
-    sender, receiver = (0, 1), (1, 3)
-    got = circuits.path_patch(model, ds.tokens, ds.abc_tokens, ds.metric, [sender], [receiver], site="q")
-    src = iv.head_outputs(model, ds.abc_tokens, [0])[0]
-    clean = iv.head_outputs(model, ds.tokens)
-    store = {}
-
-    def patch_sender(z, hook):
-        z = z.clone()
-        z[:, :, sender[1]] = src[:, :, sender[1]]
-        return z
-
-    def freeze_layer1(z, hook):
-        return clean[1].clone()
-
-    def keep_q(q, hook):
-        store["q"] = q.clone()
-        return q
-
-    model.run_with_hooks(ds.tokens, fwd_hooks=[(iv.z_name(0), patch_sender), (iv.z_name(1), freeze_layer1),
-                                                ("blocks.1.attn.hook_q", keep_q)])
-
-    def put_q(q, hook):
-        q = q.clone()
-        q[:, :, receiver[1]] = store["q"][:, :, receiver[1]]
-        return q
-
-    want = ds.metric(model.run_with_hooks(ds.tokens, fwd_hooks=[("blocks.1.attn.hook_q", put_q)])).mean()
-    assert abs(float(got[0]) - float(want.detach())) < 1e-4
-    with pytest.raises(ValueError, match="later layers"):
-        circuits.path_patch(model, ds.tokens, ds.abc_tokens, ds.metric, [(1, 0)], [receiver])
-
-
-def test_gqa_path_patching_runs_on_keys_and_values(smollm2):
-    ds = _pair(smollm2)
-    n = smollm2.cfg.n_layers
-    rec = [(n - 1, 0, "k"), (n - 1, 4, "v")]
-    out = circuits.path_patch(smollm2, ds.tokens, ds.abc_tokens, ds.metric, [(n - 2, 0), (n - 3, 1)], rec)
-    assert out.shape == (2,) and torch.isfinite(out).all()
-    assert circuits.kv_index(smollm2, 8) == 2
+    return ioi.make_ioi(model, n=n, seed=1)
 
 
 # --------------------------------------------------------------------------------------
 # DLA, classification, validation
 # --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("arch", ["gpt2_arch", "smollm2"])
-def test_dla_parts_add_up_to_the_logit_difference(arch, request):
-    model = request.getfixturevalue(arch)
-    ds = _pair(model, 3)
-    d = circuits.direct_logit_attribution(model, ds.tokens, ds.io, ds.s)
-    assert abs(d.total - d.logit_diff) < 1e-3 * max(1.0, abs(d.logit_diff))
-    assert torch.allclose(d.heads, d.heads_io - d.heads_s, atol=1e-4)
-    # a layer's attention part contains its heads (plus the output bias, zero-centred for GPT-2)
-    assert d.heads.shape == (model.cfg.n_layers, model.cfg.n_heads)
 
 
 def test_classification_follows_the_criteria():
@@ -246,17 +149,17 @@ def test_plots_and_explorer_views_render(gpt2_arch):
 
     model = gpt2_arch
     ds = _pair(model, 2)
-    d = circuits.direct_logit_attribution(model, ds.tokens, ds.io, ds.s)
-    pats = circuits.attention_patterns(model, ds.tokens)
-    a_io = circuits.attention_to(pats, ds.pos["END"], ds.pos["IO"])
+    d = readout.direct_logit_attribution(model, ds.tokens, ds.io, ds.s)
+    pats = readout.attention_patterns(model, ds.tokens)
+    a_io = readout.attention_to(pats, ds.pos["END"], ds.pos["IO"])
     assert a_io.shape == (model.cfg.n_layers, model.cfg.n_heads) and (a_io >= 0).all() and (a_io <= 1).all()
     classes = {"name mover": [(1, 0)], "S-inhibition": [(0, 1)]}
     an = circuits.Analysis(model, ds, pats, d, torch.zeros(2, 4), classes, a_io, a_io)
-    figs = [circuits.plot_dla(d), circuits.plot_circuit(classes, 2), circuits.inspect_head(an, "1.0", 1),
+    figs = [circuits.plot_dla(d), circuits.plot_circuit(classes, 2), circuits.inspect_head(an, "L1H0", 1),
             circuits.prompt_report(an, "When Anna and Peter went to the park, Peter gave a ball to"),
             circuits.prompt_report(an, "no names here")]
     assert "Not an IOI sentence" in [t.get_text() for t in figs[-1].axes[0].texts][0]
     for f in figs:
         plt.close(f)
-    with pytest.raises(ValueError, match="layer.head"):
+    with pytest.raises(ValueError, match="could not read any head"):
         circuits.inspect_head(an, "one", 0)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mi_tutor import circuits
-from mi_tutor import interventions as iv
+from mi_tutor.lab import hooks, patching as P, readout
 from mi_tutor.models import attn_only_model
 from mi_tutor.validate import InstrumentError
 
@@ -49,16 +48,15 @@ BAD_TOKENS = {
 }
 
 CALLS = {
-    "head_outputs": lambda m, t: iv.head_outputs(m, t),
-    "ablation_values": lambda m, t: iv.ablation_values(m, t, "zero"),
-    "ablate_each_head": lambda m, t: iv.ablate_each_head(m, t, _metric, kind="zero"),
-    "replace_each_head": lambda m, t: iv.replace_each_head(m, t, {}, _metric),
-    "patch_each_head": lambda m, t: iv.patch_each_head(m, t, t, _metric),
-    "patch_residual": lambda m, t: iv.patch_residual(m, t, t, _metric),
-    "attribution_patch_heads": lambda m, t: iv.attribution_patch_heads(m, t, t, _metric),
-    "patch_heads": lambda m, t: circuits.patch_heads(m, t, t, _metric),
-    "path_patch": lambda m, t: circuits.path_patch(m, t, t, _metric, [(0, 0)], [(1, 0)]),
-    "direct_logit_attribution": lambda m, t: circuits.direct_logit_attribution(m, t, torch.tensor([1, 2]), torch.tensor([2, 1])),
+    "head_outputs": lambda m, t: hooks.head_outputs(m, t),
+    "ablation_values": lambda m, t: P.ablation_values(m, t, "zero"),
+    "ablate_heads": lambda m, t: P.ablate_heads(m, t, _metric, kind="zero"),
+    "replace_heads": lambda m, t: P.replace_heads(m, t, {}, _metric),
+    "patch_residual": lambda m, t: P.patch_residual(m, t, t, _metric),
+    "attribution_patch_heads": lambda m, t: P.attribution_patch_heads(m, t, t, _metric),
+    "patch_heads": lambda m, t: P.patch_heads(m, t, t, _metric),
+    "path_patch": lambda m, t: P.path_patch(m, t, t, _metric, [(0, 0)], [(1, 0)]),
+    "direct_logit_attribution": lambda m, t: readout.direct_logit_attribution(m, t, torch.tensor([1, 2]), torch.tensor([2, 1])),
 }
 
 
@@ -72,12 +70,11 @@ def test_bad_tokens_are_refused_before_any_forward_pass(toy, call, bad):
 
 
 MISMATCHED = {
-    "patch_each_head": lambda m, a, b: iv.patch_each_head(m, a, b, _metric),
-    "patch_residual": lambda m, a, b: iv.patch_residual(m, a, b, _metric),
-    "attribution_patch_heads": lambda m, a, b: iv.attribution_patch_heads(m, a, b, _metric),
-    "patch_heads": lambda m, a, b: circuits.patch_heads(m, a, b, _metric),
-    "patch_heads_by_position": lambda m, a, b: circuits.patch_heads_by_position(m, a, b, _metric, [(0, 0)]),
-    "path_patch": lambda m, a, b: circuits.path_patch(m, a, b, _metric, [(0, 0)], [(1, 0)]),
+    "patch_residual": lambda m, a, b: P.patch_residual(m, a, b, _metric),
+    "attribution_patch_heads": lambda m, a, b: P.attribution_patch_heads(m, a, b, _metric),
+    "patch_heads": lambda m, a, b: P.patch_heads(m, a, b, _metric),
+    "patch_heads_by_position": lambda m, a, b: P.patch_heads_by_position(m, a, b, _metric, [(0, 0)]),
+    "path_patch": lambda m, a, b: P.path_patch(m, a, b, _metric, [(0, 0)], [(1, 0)]),
 }
 
 
@@ -91,12 +88,12 @@ def test_mismatched_clean_and_corrupt_prompts_are_refused(toy, call, other):
 
 @pytest.mark.parametrize("layers,words", [([2], "layer 2 in layers is out of range: this model has layers 0..1"),
                                           ([-1], "out of range"), ([0.5], "must be an integer"), (["0"], "must be an integer")])
-@pytest.mark.parametrize("call", ["head_outputs", "patch_heads", "patch_residual", "replace_each_head"])
+@pytest.mark.parametrize("call", ["head_outputs", "patch_heads", "patch_residual", "ablate_heads"])
 def test_layers_out_of_range_are_refused(toy, call, layers, words):
-    fn = {"head_outputs": lambda m: iv.head_outputs(m, GOOD, layers),
-          "patch_heads": lambda m: circuits.patch_heads(m, GOOD, GOOD, _metric, layers=layers),
-          "patch_residual": lambda m: iv.patch_residual(m, GOOD, GOOD, _metric, layers=layers),
-          "replace_each_head": lambda m: iv.replace_each_head(m, GOOD, {}, _metric, layers=layers)}[call]
+    fn = {"head_outputs": lambda m: hooks.head_outputs(m, GOOD, layers),
+          "patch_heads": lambda m: P.patch_heads(m, GOOD, GOOD, _metric, layers=layers),
+          "patch_residual": lambda m: P.patch_residual(m, GOOD, GOOD, _metric, layers=layers),
+          "ablate_heads": lambda m: P.ablate_heads(m, GOOD, _metric, kind="zero", layers=layers)}[call]
     with pytest.raises(InstrumentError, match=words):
         fn(_NoForward(toy))
 
@@ -106,17 +103,17 @@ def test_layers_out_of_range_are_refused(toy, call, layers, words):
                                          ([3], "a \\(layer, head\\) pair"), ([(0, 1.5)], "must be an integer")])
 def test_heads_out_of_range_are_refused(toy, heads, words):
     with pytest.raises(InstrumentError, match=words):
-        circuits.patch_heads_by_position(_NoForward(toy), GOOD, GOOD, _metric, heads)
+        P.patch_heads_by_position(_NoForward(toy), GOOD, GOOD, _metric, heads)
     with pytest.raises(InstrumentError, match=words):
-        circuits.path_patch(_NoForward(toy), GOOD, GOOD, _metric, heads, [(1, 0)])
+        P.path_patch(_NoForward(toy), GOOD, GOOD, _metric, heads, [(1, 0)])
 
 
 @pytest.mark.parametrize("kind", ["zeros", "Mean", "", None, 0])
 def test_an_unknown_ablation_kind_is_refused(toy, kind):
     with pytest.raises(InstrumentError, match="unknown ablation kind .* use one of: 'zero', 'mean', 'resample'"):
-        iv.ablation_values(_NoForward(toy), GOOD, kind)
+        P.ablation_values(_NoForward(toy), GOOD, kind)
     with pytest.raises(InstrumentError, match="unknown ablation kind"):
-        iv.ablate_each_head(_NoForward(toy), GOOD, _metric, kind=kind)
+        P.ablate_heads(_NoForward(toy), GOOD, _metric, kind=kind)
 
 
 @pytest.mark.parametrize("io,s,words", [
@@ -129,13 +126,13 @@ def test_an_unknown_ablation_kind_is_refused(toy, kind):
 ])
 def test_dla_answers_of_the_wrong_length_are_refused_not_broadcast(toy, io, s, words):
     with pytest.raises(InstrumentError, match=words):
-        circuits.direct_logit_attribution(_NoForward(toy), GOOD, io, s)
+        readout.direct_logit_attribution(_NoForward(toy), GOOD, io, s)
 
 
 def test_good_arguments_still_work(toy):
     tokens = torch.randint(0, 30, (2, 5), generator=torch.Generator().manual_seed(0))
-    assert iv.ablate_each_head(toy, tokens, _metric, kind="zero").shape == (2, 4)
-    assert circuits.patch_heads(toy, tokens, tokens.flip(0), _metric, layers=[1]).shape == (2, 4)
+    assert P.ablate_heads(toy, tokens, _metric, kind="zero").shape == (2, 4)
+    assert P.patch_heads(toy, tokens, tokens.flip(0), _metric, layers=[1]).shape == (2, 4)
 
 
 @pytest.mark.parametrize("correct,wrong,words", [
@@ -145,4 +142,4 @@ def test_good_arguments_still_work(toy):
 ])
 def test_logit_diff_refuses_answers_that_would_broadcast(correct, wrong, words):
     with pytest.raises(InstrumentError, match=words):
-        iv.logit_diff(torch.zeros(2, 5, 7), correct, wrong)
+        hooks.logit_diff(torch.zeros(2, 5, 7), correct, wrong)

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from .. import ablation as A
+from ..lab import scores
 from .core import Exercise, Mistake, register
 
 NB = "05_ablation_critique"
@@ -174,7 +175,7 @@ def _cov_uncentred(per_prompt, target):
 register(Exercise(
     name="covariation_scores",
     notebook=NB,
-    reference=A.covariation,
+    reference=scores.covariation,
     cases=lambda rng: [_cov_case(rng, 12, 2, 3), _cov_case(rng, 20, 3, 2), _cov_case(rng, 8, 1, 4)],
     hints=[
         "Centre both: subtract the mean over prompts (axis 0) from per_prompt and from target.",

@@ -283,7 +283,7 @@ def _chunks(items: list, rows_per_copy: int, max_rows: int) -> Iterable[list]:
         yield items[i:i + per]
 
 
-def _copies_runner(model, tokens: torch.Tensor, fast: bool | None) -> Callable:
+def copies_runner(model, tokens: torch.Tensor, fast: bool | None = None) -> Callable:
     """copies -> last-position logits ``[1 + n, batch, 1, vocab]``, on the fastest exact backend.
 
     `fast_llama` serves head-output patches on a bias-free HF Llama (``fast=None`` chooses,
@@ -338,7 +338,7 @@ def replace_heads(
             raise ValueError(f"values for layer {l} have batch {values[l].shape[0]}, prompts have {batch}")
     if pos is not None:
         pos = pos % tokens.shape[1]
-    run = _copies_runner(model, tokens, fast)
+    run = copies_runner(model, tokens, fast)
     out = torch.full((n_layers, n_heads), float("nan"))
     for chunk in _chunks(list(heads), batch, max_rows):
         scores = copy_scores(metric, run([[Patch(l, h, values[l], pos=pos)] for l, h in chunk]))[1:]
@@ -395,7 +395,7 @@ def patch_heads_by_position(
     V.heads(model, heads)
     n_pos = target_tokens.shape[1]
     src = _source_heads(model, source_tokens, sorted({l for l, _ in heads}), fast)
-    run = _copies_runner(model, target_tokens, fast)
+    run = copies_runner(model, target_tokens, fast)
     jobs = [(i, l, h, p) for i, (l, h) in enumerate(heads) for p in range(n_pos)]
     out = torch.full((len(heads), n_pos), float("nan"))
     for chunk in _chunks(jobs, target_tokens.shape[0], max_rows):
@@ -653,6 +653,6 @@ def attribution_patch_heads(
 
 __all__ = [
     "Kind", "KINDS", "Patch", "apply_patch", "patch_hooks", "heads_replaced", "run_patched", "run_copies",
-    "copy_scores", "replace_heads", "patch_heads", "patch_heads_by_position", "patch_residual", "ablation_values",
-    "ablate_heads", "path_patch", "path_patch_table", "attribution_patch_heads",
+    "copy_scores", "copies_runner", "replace_heads", "patch_heads", "patch_heads_by_position", "patch_residual",
+    "ablation_values", "ablate_heads", "path_patch", "path_patch_table", "attribution_patch_heads",
 ]

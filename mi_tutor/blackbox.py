@@ -1,16 +1,14 @@
 """Notebook 00: a readable model (a line) against a black box (a small MLP) on wages vs age.
 
-Everything the notebook shows is computed here, on seeded synthetic data:
+This module holds the data, the two models and the figures that show them; what the first
+interpretability tools measure on the black box (per-unit contributions, credit, ablation)
+lives in `mi_tutor.blackbox_attribution`.
 
-- `make_wage_data`: wages against age, shaped like a real earnings profile (rising fast,
+- `make_wage_data`: seeded wages against age, shaped like a real earnings profile (rising fast,
   flattening in mid-career, falling towards retirement), plus noise.
 - `least_squares`, `residual_structure`: the line, and the evidence that it misses a shape.
-- `WageMLP`, `train_mlp`: a small torch MLP (1 -> 16 -> 16 -> 1 by default) that fits better.
-- The first interpretability tools on the black box: `response_curves`,
-  `max_activating_inputs`, `mean_ablate_unit` / `ablation_effects`.
-- Seed 001's two obstacles, measured: `weight_effects` (non-linearity: one weight means
-  different things at different ages) and `dimensionality_demo` (extra input features
-  smear what a single unit means).
+- `WageMLP`, `train_mlp`: a small torch MLP (1 -> 16 -> 16 -> 1 by default) that fits better;
+  `response_curves` reads its hidden units.
 - `plot_mlp_explorer`: the explorer's view (width, activation, training steps); runs are
   trained once, with snapshots, and cached, so a redraw only plots.
 
@@ -22,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -86,7 +84,8 @@ def age_grid(n: int = 200) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def _as_2d(x: np.ndarray) -> np.ndarray:
+def as_2d(x: np.ndarray) -> np.ndarray:
+    """`x` as a float array [n, d] (a 1-D array is one feature)."""
     x = np.asarray(x, dtype=float)
     if x.ndim == 1:
         return x[:, None]
@@ -105,7 +104,7 @@ def least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         coefficients, shape [d + 1]: the intercept first, then one slope per feature,
         minimising sum_i (y_i - b0 - x_i . b)^2.
     """
-    x = _as_2d(x)
+    x = as_2d(x)
     y = np.asarray(y, dtype=float)
     if y.shape != (x.shape[0],):
         raise ValueError(f"y must have shape [{x.shape[0]}] to match x {x.shape}, got {y.shape}")
@@ -116,7 +115,7 @@ def least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def predict_linear(coef: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Predictions b0 + x . b of a `least_squares` fit."""
-    x = _as_2d(x)
+    x = as_2d(x)
     if x.shape[1] != len(coef) - 1:
         raise ValueError(f"coef has {len(coef) - 1} slopes but x has {x.shape[1]} features")
     return coef[0] + x @ coef[1:]
@@ -230,7 +229,7 @@ class WageMLP(nn.Module):
 
     def fit_scaling(self, x: np.ndarray, y: np.ndarray) -> None:
         """Set the input/output rescaling from training data."""
-        x = _as_2d(x)
+        x = as_2d(x)
         lo, hi = x.min(0), x.max(0)
         self.x_lo.copy_(torch.as_tensor(lo, dtype=torch.float32))
         self.x_span.copy_(torch.as_tensor(np.maximum(hi - lo, 1e-8), dtype=torch.float32))
@@ -257,6 +256,14 @@ class WageMLP(nn.Module):
     def readout(self, h_last: torch.Tensor) -> torch.Tensor:
         """Wages [n] from the last hidden layer's activations [n, width]."""
         return self.out(h_last).squeeze(-1) * self.y_std + self.y_mean
+
+    def run_from(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """Wages [n] when hidden layer `layer` (0-based; -1 = last) holds the activations `h` [n, width]:
+        the rest of the network runs on `h` (used to ablate a unit of any layer)."""
+        layer = layer % self.depth
+        for i in range(2 * (layer + 1), len(self.layers), 2):
+            h = self.layers[i + 1](self.layers[i](h))
+        return self.readout(h)
 
     def forward(self, x) -> torch.Tensor:
         return self.readout(self.hidden(x)[-1])
@@ -319,7 +326,7 @@ def train_mlp(
         x: inputs [n] or [n, d_in] in natural units; y: targets [n].
         snapshot_every: keep a copy of the weights every this many steps (for the explorer).
     """
-    x2 = _as_2d(x)
+    x2 = as_2d(x)
     y = np.asarray(y, dtype=float)
     if y.shape != (len(x2),):
         raise ValueError(f"y must have shape [{len(x2)}], got {y.shape}")
@@ -354,7 +361,7 @@ def fit_mlp(data: WageData, **kwargs) -> WageMLP:
 
 
 # --------------------------------------------------------------------------------------
-# First interpretability tools: response curves, max activation, ablation
+# Reading the hidden units
 # --------------------------------------------------------------------------------------
 
 
@@ -362,282 +369,6 @@ def response_curves(model: WageMLP, ages: np.ndarray, layer: int = -1) -> np.nda
     """Each hidden unit's activation as a function of age: shape [len(ages), width]."""
     with torch.no_grad():
         return model.hidden(ages)[layer].numpy().astype(float)
-
-
-def unit_contributions(model: WageMLP, ages: np.ndarray) -> np.ndarray:
-    """What each last-layer unit adds to the predicted wage, [len(ages), width].
-
-    The prediction is exactly ``contributions.sum(1) + model_offset(model)``.
-    """
-    h = torch.as_tensor(response_curves(model, ages), dtype=torch.float32)
-    with torch.no_grad():
-        return (h * model.out.weight[0] * model.y_std).numpy().astype(float)
-
-
-def model_offset(model: WageMLP) -> float:
-    """The constant part of the prediction (output bias, in thousands)."""
-    with torch.no_grad():
-        return float(model.out.bias[0] * model.y_std + model.y_mean)
-
-
-def units_active_per_age(contributions: np.ndarray, threshold: float = 0.1) -> np.ndarray:
-    """At each age, how many units contribute more than `threshold` x the largest contribution
-    anywhere (a measure of how much the units' response curves overlap)."""
-    c = np.abs(np.asarray(contributions))
-    return (c > threshold * c.max()).sum(1)
-
-
-def max_activating_inputs(acts: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the `k` inputs that activate each unit most.
-
-    Args:
-        acts: activations [n_inputs, n_units].
-        k: how many inputs per unit.
-    Returns:
-        LongTensor [k, n_units]; column j lists unit j's top inputs, strongest first.
-    """
-    if acts.ndim != 2:
-        raise ValueError(f"acts must be [n_inputs, n_units], got shape {tuple(acts.shape)}")
-    if not 1 <= k <= acts.shape[0]:
-        raise ValueError(f"k must be between 1 and n_inputs={acts.shape[0]}, got {k}")
-    return acts.topk(k, dim=0).indices
-
-
-def mean_ablate_unit(hidden: torch.Tensor, unit: int) -> torch.Tensor:
-    """A copy of `hidden` [n_inputs, n_units] whose column `unit` is replaced by its mean over the inputs."""
-    if hidden.ndim != 2:
-        raise ValueError(f"hidden must be [n_inputs, n_units], got shape {tuple(hidden.shape)}")
-    out = hidden.clone()
-    out[:, unit] = hidden[:, unit].mean()
-    return out
-
-
-def zero_ablate_unit(hidden: torch.Tensor, unit: int) -> torch.Tensor:
-    """A copy of `hidden` whose column `unit` is set to 0."""
-    out = hidden.clone()
-    out[:, unit] = 0.0
-    return out
-
-
-def predict_ablated(model: WageMLP, ages: np.ndarray, unit: int, mode: str = "mean",
-                    reference_ages: np.ndarray | None = None) -> np.ndarray:
-    """Predicted wages with one last-layer unit ablated.
-
-    mode "zero" sets the unit to 0; "mean" sets it to its mean over `reference_ages`
-    (default: `ages` themselves).
-    """
-    with torch.no_grad():
-        h = model.hidden(ages)[-1].clone()
-        if mode == "zero":
-            h[:, unit] = 0.0
-        elif mode == "mean":
-            ref = h if reference_ages is None else model.hidden(reference_ages)[-1]
-            h[:, unit] = ref[:, unit].mean()
-        else:
-            raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
-        return model.readout(h).numpy().astype(float)
-
-
-def ablation_effects(model: WageMLP, ages: np.ndarray, wages: np.ndarray) -> dict[str, np.ndarray]:
-    """Increase in MSE when each last-layer unit is ablated, for zero and mean ablation ([width] each)."""
-    base = mse(model.predict(ages), wages)
-    with torch.no_grad():
-        h = model.hidden(ages)[-1]
-        out = {}
-        for mode, ablate in (("zero", zero_ablate_unit), ("mean", mean_ablate_unit)):
-            out[mode] = np.array([mse(model.readout(ablate(h, j)), torch.as_tensor(wages, dtype=torch.float32)) - base
-                                  for j in range(h.shape[1])])
-    return out
-
-
-# --------------------------------------------------------------------------------------
-# Obstacle 1, non-linearity: the same weight means different things at different ages
-# --------------------------------------------------------------------------------------
-
-
-def marginal_effect(model: WageMLP, ages: np.ndarray) -> np.ndarray:
-    """d wage / d age at each age (thousands per year): for a line this is its slope everywhere."""
-    a = torch.as_tensor(np.asarray(ages, dtype=np.float32)).requires_grad_(True)
-    (grad,) = torch.autograd.grad(model(a).sum(), a)
-    return grad.numpy().astype(float)
-
-
-def weight_effects(model: WageMLP, ages: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """How the prediction at each age responds to nudging each weight: d wage(age) / d w.
-
-    Returns (effects [len(ages), n_parameters], parameter names like "layers.0.weight[3,0]").
-    """
-    names = []
-    for pname, p in model.named_parameters():
-        for idx in np.ndindex(*p.shape):
-            names.append(f"{pname}[{','.join(map(str, idx))}]")
-    rows = []
-    params = list(model.parameters())
-    with one_thread():
-        for age in np.asarray(ages, dtype=np.float32):
-            grads = torch.autograd.grad(model(torch.tensor([age]))[0], params)
-            rows.append(torch.cat([g.reshape(-1) for g in grads]).numpy())
-    return np.stack(rows).astype(float), names
-
-
-@dataclass
-class EffectSummary:
-    """How many weights have an effect whose sign or presence depends on the age."""
-
-    n_weights: int
-    sign_flips: int
-    switched_off: int
-
-    @property
-    def flip_fraction(self) -> float:
-        return self.sign_flips / self.n_weights
-
-    @property
-    def off_fraction(self) -> float:
-        return self.switched_off / self.n_weights
-
-
-def summarise_effects(effects: np.ndarray, tol: float = 0.1, off_tol: float = 1e-6, min_off: float = 0.1) -> EffectSummary:
-    """Count weights whose effect flips sign (both > tol x and < -tol x their largest |effect|) and
-    weights that do nothing at all (|effect| < off_tol x largest) on at least `min_off` of the ages."""
-    e = np.asarray(effects)
-    scale = np.abs(e).max(0)
-    live = scale > 0
-    flips = (e.max(0) > tol * scale) & (e.min(0) < -tol * scale) & live
-    off = ((np.abs(e) <= off_tol * scale).mean(0) >= min_off) & live
-    return EffectSummary(e.shape[1], int(flips.sum()), int(off.sum()))
-
-
-def linear_weight_effects(ages: np.ndarray) -> np.ndarray:
-    """The line's d wage / d (intercept, slope) at each age: (1, age), the same sign everywhere."""
-    ages = np.asarray(ages, dtype=float)
-    return np.column_stack([np.ones_like(ages), ages])
-
-
-# --------------------------------------------------------------------------------------
-# Obstacle 2, dimensionality: extra inputs smear what one unit means
-# --------------------------------------------------------------------------------------
-
-DIMS_SETTINGS = ("age only", "age + experience", "age + experience + 8 noise")
-
-
-def wage_features(age: np.ndarray, setting: str, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-    """Input features for the dimensionality demo (the wage still depends on age only).
-
-    "age only": [age]. "age + experience": also years of work experience = age - 18 - years
-    of study (0-8) + noise, strongly correlated with age. "... + 8 noise": also 8 irrelevant
-    standard-normal features.
-    """
-    if setting not in DIMS_SETTINGS:
-        raise ValueError(f"setting must be one of {DIMS_SETTINGS}, got {setting!r}")
-    cols, names = [np.asarray(age, dtype=float)], ["age"]
-    if setting != "age only":
-        study = rng.integers(0, 9, len(age))
-        cols.append(np.clip(age - AGE_MIN - study + rng.normal(0, 1, len(age)), 0, None))
-        names.append("experience")
-    if setting.endswith("noise"):
-        for i in range(8):
-            cols.append(rng.normal(0, 1, len(age)))
-            names.append(f"noise{i}")
-    return np.column_stack(cols), names
-
-
-def age_explained_share(model: WageMLP, x: np.ndarray) -> np.ndarray:
-    """For each last-layer unit: the share of its activation variance that age alone explains.
-
-    The unit's activations are grouped by age (2-year bins); the share is Var(E[h | age bin]) / Var(h).
-    1.0 means "this unit is a function of age" and its response curve tells the whole story.
-    """
-    with torch.no_grad():
-        h = model.hidden(x)[-1].numpy().astype(float)
-    bins = np.digitize(x[:, 0], np.arange(AGE_MIN + 2, AGE_MAX, 2.0))
-    total = h.var(0)
-    means = np.zeros_like(h)
-    for b in np.unique(bins):
-        means[bins == b] = h[bins == b].mean(0)
-    share = np.divide(means.var(0), total, out=np.ones_like(total), where=total > 1e-12)
-    return share[total > 1e-12] if (total > 1e-12).any() else share
-
-
-def unit_input_credit(model: WageMLP, x: np.ndarray) -> np.ndarray:
-    """How each last-layer unit's activity divides among the input features, [width, d_in].
-
-    Credit of input i to unit j = mean over inputs of |d h_j / d x_i| x std(x_i), normalised so each
-    live unit's row sums to 1 (rows of units that never change are 0).
-    """
-    x = _as_2d(x)
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    with one_thread():
-        jac = torch.func.vmap(torch.func.jacrev(lambda v: model.hidden(v[None])[-1][0]))(xt)  # [n, width, d_in]
-    credit = jac.detach().abs().mean(0).numpy().astype(float) * x.std(0)
-    total = credit.sum(1, keepdims=True)
-    return np.divide(credit, total, out=np.zeros_like(credit), where=total > 1e-12)
-
-
-@dataclass
-class DimsResult:
-    """One setting of the dimensionality demo."""
-
-    setting: str
-    inputs: list[str]
-    test_mse: float
-    unit_credit: np.ndarray    # `unit_input_credit`, [width, d_in]
-    age_share: float           # mean over live units of `age_explained_share`
-    output_age_credit: float   # share of the prediction's |d wage / d input| x spread that goes to age
-
-    @property
-    def unit_age_credit(self) -> float:
-        """Mean over live units of the share of the unit's input credit that goes to age."""
-        live = self.unit_credit.sum(1) > 0
-        return float(self.unit_credit[live, 0].mean())
-
-
-def dimensionality_demo(data: WageData, settings: Sequence[str] = DIMS_SETTINGS, seed: int = 0,
-                        steps: int = 600, width: int = 16) -> list[DimsResult]:
-    """Train the same MLP on the same wages with more and more input features; measure how much of
-    each unit's activity (and of the prediction) still traces back to age."""
-    out = []
-    for setting in settings:
-        rng = np.random.default_rng(seed + 1)
-        x_tr, names = wage_features(data.age_train, setting, rng)
-        x_te, _ = wage_features(data.age_test, setting, rng)
-        model = train_mlp(x_tr, data.wage_train, width=width, steps=steps, seed=seed).model
-        x_t = torch.as_tensor(x_te, dtype=torch.float32).requires_grad_(True)
-        (g,) = torch.autograd.grad(model(x_t).sum(), x_t)
-        credit = np.abs(g.numpy()).mean(0) * x_te.std(0)
-        out.append(DimsResult(setting, names, mse(model.predict(x_te), data.wage_test),
-                              unit_input_credit(model, x_te), float(age_explained_share(model, x_te).mean()),
-                              float(credit[0] / credit.sum())))
-    return out
-
-
-def dims_table(results: Sequence[DimsResult]) -> str:
-    """The demo's results as a fixed-width text table."""
-    lines = [f"{'inputs':<28}{'d_in':>5}{'test MSE':>10}{'unit credit to age':>20}{'unit var. from age':>20}"
-             f"{'output credit to age':>22}"]
-    for r in results:
-        lines.append(f"{r.setting:<28}{len(r.inputs):>5}{r.test_mse:>10.1f}{r.unit_age_credit:>20.2f}"
-                     f"{r.age_share:>20.2f}{r.output_age_credit:>22.2f}")
-    return "\n".join(lines)
-
-
-def plot_dims(results: Sequence[DimsResult]):
-    """One heatmap per setting: rows = last-layer units, columns = inputs, colour = share of the unit's credit."""
-    import matplotlib.pyplot as plt
-
-    widths = [max(len(r.inputs), 3) for r in results]
-    fig, axes = plt.subplots(1, len(results), figsize=(3 + 0.45 * sum(widths), 3.8),
-                             gridspec_kw={"width_ratios": widths}, squeeze=False)
-    for ax, r in zip(axes[0], results):
-        im = ax.imshow(r.unit_credit, cmap="Greens", vmin=0, vmax=1, aspect="auto")
-        ax.set_xticks(range(len(r.inputs)))
-        ax.set_xticklabels([n.replace("experience", "exper.") for n in r.inputs], rotation=90, fontsize=8)
-        n = len(r.inputs)
-        ax.set_title(f"{n} input{'s' if n > 1 else ''}\nunit credit to age {r.unit_age_credit:.2f}", fontsize=9)
-        ax.set_yticks([])
-    axes[0][0].set_ylabel("last-layer unit")
-    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03, pad=0.02, label="share of the unit's input credit")
-    return fig
 
 
 # --------------------------------------------------------------------------------------
@@ -688,99 +419,6 @@ def plot_residuals(data: WageData, line_coef: np.ndarray, model: WageMLP | None 
         ax.set_xlabel("age (years)")
         ax.legend(fontsize=7, loc="lower left")
     axes[0][0].set_ylabel("wage - prediction (k$)")
-    fig.tight_layout()
-    return fig
-
-
-def plot_units(model: WageMLP, highlight: Sequence[int] = (), top_inputs: np.ndarray | None = None):
-    """Left: each last-layer unit's response curve (`highlight`ed units drawn thick, with their
-    `top_inputs` ages [k, width] marked). Right: what each unit adds to the wage, and their sum."""
-    import matplotlib.pyplot as plt
-
-    ages = age_grid()
-    acts = response_curves(model, ages)
-    contrib = unit_contributions(model, ages)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    cmap = plt.get_cmap("tab20")
-    for j in range(acts.shape[1]):
-        lw, alpha = (2.2, 1.0) if j in highlight else (1.0, 0.7)
-        a1.plot(ages, acts[:, j], color=cmap(j % 20), lw=lw, alpha=alpha)
-        a2.plot(ages, contrib[:, j], color=cmap(j % 20), lw=lw, alpha=alpha)
-        if top_inputs is not None and j in highlight:
-            a1.plot(top_inputs[:, j], np.interp(top_inputs[:, j], ages, acts[:, j]), "o", color=cmap(j % 20), ms=6,
-                    mec="k", label=f"unit {j}: top inputs")
-    a2.plot(ages, contrib.sum(1), "k", lw=2.5, label=f"sum = prediction - {model_offset(model):.0f} (bias)")
-    a2.axhline(0, color="grey", lw=0.8)
-    a1.set_title(f"response curves of the {acts.shape[1]} last-layer units", fontsize=10)
-    a1.set_xlabel("age (years)")
-    a1.set_ylabel("activation")
-    a2.set_title("each unit's contribution to the wage (k$)", fontsize=10)
-    a2.set_xlabel("age (years)")
-    a2.legend(fontsize=8)
-    if top_inputs is not None and highlight:
-        a1.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def plot_nonlinearity(model: WageMLP, line_coef: np.ndarray, examples: int = 4):
-    """Left: the effect of one more year of age, line vs MLP. Right: the effect of nudging single
-    MLP weights, against age (the line's slope nudge is shown for comparison)."""
-    import matplotlib.pyplot as plt
-
-    ages = age_grid(120)
-    eff, names = weight_effects(model, ages)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a1.axhline(line_coef[1], color="tab:blue", lw=2, label=f"line: {line_coef[1]:+.2f} at every age")
-    a1.plot(ages, marginal_effect(model, ages), color="tab:red", lw=2, label="MLP: depends on the age")
-    a1.axhline(0, color="grey", lw=0.8)
-    a1.set_title("what does one more year of age add? (k$ / year)", fontsize=10)
-    a1.set_xlabel("age (years)")
-    a1.legend(fontsize=8)
-    # the first-layer weights whose effect swings most in sign
-    first = [i for i, n in enumerate(names) if n.startswith("layers.0.weight")]
-    swing = np.minimum(eff[:, first].max(0), -eff[:, first].min(0))
-    chosen = [first[i] for i in np.argsort(-swing)[:examples]]
-    for i in chosen:
-        a2.plot(ages, eff[:, i] / np.abs(eff[:, i]).max(), lw=1.8, label=f"MLP {names[i]}")
-    lin = linear_weight_effects(ages)[:, 1]
-    a2.plot(ages, lin / lin.max(), color="tab:blue", lw=2, ls="--", label="line: slope")
-    a2.axhline(0, color="grey", lw=0.8)
-    a2.set_title("effect of nudging one weight on the prediction\n(scaled to max 1)", fontsize=10)
-    a2.set_xlabel("age (years)")
-    a2.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def plot_ablation(model: WageMLP, data: WageData, effects: dict[str, np.ndarray]):
-    """Left: per-unit MSE increase under zero vs mean ablation. Right: the fit with the unit that
-    matters most (by mean ablation) removed, both ways."""
-    import matplotlib.pyplot as plt
-
-    width = len(effects["mean"])
-    top = int(np.argmax(effects["mean"]))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    idx = np.arange(width)
-    a1.bar(idx - 0.2, effects["zero"], 0.4, label="zero ablation", color="tab:orange")
-    a1.bar(idx + 0.2, effects["mean"], 0.4, label="mean ablation", color="tab:purple")
-    a1.axhline(0, color="grey", lw=0.8)
-    a1.set_xticks(idx)
-    a1.set_xlabel("last-layer unit")
-    a1.set_ylabel("test MSE increase (k$²)")
-    a1.set_title("how much does removing one unit hurt?", fontsize=10)
-    a1.legend(fontsize=8)
-    ages = age_grid()
-    a2.scatter(data.age_test, data.wage_test, s=4, alpha=0.25, color="grey")
-    a2.plot(ages, model.predict(ages), "k", lw=2, label="intact MLP")
-    a2.plot(ages, predict_ablated(model, ages, top, "mean", data.age_test), color="tab:purple", lw=2,
-            label=f"unit {top} mean-ablated")
-    a2.plot(ages, predict_ablated(model, ages, top, "zero"), color="tab:orange", lw=2, ls="--",
-            label=f"unit {top} zero-ablated")
-    a2.set_xlabel("age (years)")
-    a2.set_ylabel("wage (k$ / year)")
-    a2.set_title(f"where does unit {top} matter?", fontsize=10)
-    a2.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -853,14 +491,8 @@ def mlp_explorer(width: int = 16, activation: str = "relu", steps: int = 600):
 
 
 __all__ = [
-    "AGE_MIN", "AGE_MAX", "ACTIVATIONS", "wage_profile", "WageData", "make_wage_data", "age_grid",
+    "AGE_MIN", "AGE_MAX", "ACTIVATIONS", "wage_profile", "WageData", "make_wage_data", "age_grid", "as_2d",
     "least_squares", "predict_linear", "mse", "runs_test", "ResidualReport", "residual_structure",
-    "WageMLP", "n_parameters", "TrainedMLP", "train_mlp", "fit_mlp", "one_thread",
-    "response_curves", "unit_contributions", "model_offset", "units_active_per_age",
-    "max_activating_inputs", "mean_ablate_unit", "zero_ablate_unit", "predict_ablated", "ablation_effects",
-    "marginal_effect", "weight_effects", "EffectSummary", "summarise_effects", "linear_weight_effects",
-    "DIMS_SETTINGS", "wage_features", "age_explained_share", "unit_input_credit", "DimsResult",
-    "dimensionality_demo", "dims_table", "plot_dims",
-    "plot_data", "plot_residuals", "plot_units", "plot_nonlinearity", "plot_ablation",
-    "explorer_run", "plot_mlp_explorer", "mlp_explorer",
+    "WageMLP", "n_parameters", "TrainedMLP", "train_mlp", "fit_mlp", "one_thread", "response_curves",
+    "plot_data", "plot_residuals", "explorer_run", "plot_mlp_explorer", "mlp_explorer",
 ]

@@ -1,8 +1,9 @@
-"""How the field got here: a small table of landmark results (2013-2025) and the map of this series.
+"""How the field got here: this series' reading list (2009-2025) and the map of the series.
 
-`TIMELINE` holds one `Entry` per paper, with its citation (from the project's checked fact
-sheet), a tag for the kind of evidence it mostly rests on and for the kind of model it
-studies, and the notebook of this series that teaches its method. `plot_timeline` draws it
+`TIMELINE` holds one `Entry` per paper: its citation (checked against the paper), a tag for the
+kind of evidence it rests on and for the kind of model it studies, and the notebook of this
+series that teaches its method. It is a reading list, not a census of the field: it holds the
+results this series builds on and a few earlier ones that show where its methods come from. `plot_timeline` draws it
 (optionally filtered), `timeline_explorer` wraps that in a widget, and `SERIES` /
 `series_table` describe the notebooks and why they come in this order.
 
@@ -10,9 +11,9 @@ Tags:
 
 - kind "observational": the evidence comes from *reading* the model (weights, activations,
   visualisations, decompositions) without changing what it computes;
-  "interventional": the evidence comes from *changing* the computation (ablating,
-  patching, editing) and measuring the effect. Many papers use both; the tag is the main one,
-  and `Entry.method` says what was done.
+  "interventional": the evidence comes from *changing* the computation or the input (ablating,
+  patching, editing, occluding) and measuring the effect; "both" when the paper's claims rest on
+  both kinds in comparable measure. `Entry.method` says what was done.
 - model "vision", "toy" (small models trained on a synthetic task or tiny transformers
   studied as objects in themselves) or "LM" (language models trained on text).
 """
@@ -21,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-KINDS = ("observational", "interventional")
+KINDS = ("observational", "interventional", "both")
 MODEL_TYPES = ("vision", "toy", "LM")
-FIRST_YEAR, LAST_YEAR = 2013, 2025
+FIRST_YEAR, LAST_YEAR = 2009, 2025
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,12 @@ class Entry:
     """One landmark result."""
 
     year: int
-    month: int | None      # None when the fact sheet gives no month
+    month: int | None      # None when the source gives no month
     short: str             # label on the timeline
     title: str
     authors: str
     ref: str               # arXiv id and/or venue
-    kind: str              # "observational" | "interventional"
+    kind: str              # "observational" | "interventional" | "both"
     model: str             # "vision" | "toy" | "LM"
     notebook: str          # "00".."07": the notebook of this series that teaches it
     method: str            # what the paper did, in a few words
@@ -60,13 +61,47 @@ class Entry:
 
 
 TIMELINE: tuple[Entry, ...] = (
-    Entry(2013, None, "Deconvnet & occlusion", "Visualizing and Understanding Convolutional Networks",
-          "Zeiler & Fergus", "arXiv 1311.2901; ECCV 2014", "observational", "vision", "00",
-          "project activations back to pixels; occlude image patches"),
+    Entry(2009, None, "Activation maximisation", "Visualizing Higher-Layer Features of a Deep Network",
+          "Erhan, Bengio, Courville & Vincent", "Technical report 1341, Université de Montréal", "observational",
+          "vision", "00", "optimise an input image to excite one unit as much as possible"),
+    Entry(2013, 11, "Deconvnet & occlusion", "Visualizing and Understanding Convolutional Networks",
+          "Zeiler & Fergus", "arXiv 1311.2901; ECCV 2014", "both", "vision", "00",
+          "project activations back to pixels (reading); grey out image patches and watch the class score (an "
+          "intervention on the input)"),
+    Entry(2013, 12, "Saliency maps", "Deep Inside Convolutional Networks: Visualising Image Classification Models "
+          "and Saliency Maps", "Simonyan, Vedaldi & Zisserman", "arXiv 1312.6034", "observational", "vision", "06",
+          "the gradient of a class score with respect to the pixels"),
+    Entry(2015, 6, "LSTM cells", "Visualizing and Understanding Recurrent Networks", "Karpathy, Johnson & Fei-Fei",
+          "arXiv 1506.02078", "observational", "LM", "00",
+          "single cells of character-level language models that track quotes, brackets and line length"),
+    Entry(2016, 10, "Linear probes", "Understanding intermediate layers using linear classifier probes",
+          "Alain & Bengio", "arXiv 1610.01644", "observational", "vision", "07",
+          "train a linear classifier on each layer's activations to see what it makes readable"),
+    Entry(2017, 4, "Sentiment neuron", "Learning to Generate Reviews and Discovering Sentiment",
+          "Radford, Jozefowicz & Sutskever", "arXiv 1704.01444", "both", "LM", "00",
+          "one unit of a byte-level language model tracks sentiment; fixing its value steers the generated reviews"),
+    Entry(2018, 3, "Single directions", "On the importance of single directions for generalization",
+          "Morcos, Barrett, Rabinowitz & Botvinick", "arXiv 1803.06959; ICLR 2018", "interventional", "vision", "00",
+          "ablate single units and random directions; easily read (selective) units are not the important ones"),
+    Entry(2018, 11, "GAN dissection", "GAN Dissection: Visualizing and Understanding Generative Adversarial Networks",
+          "Bau, Zhu, Strobelt, Zhou, Tenenbaum, Freeman & Torralba", "arXiv 1811.10597; ICLR 2019", "both", "vision",
+          "00", "match units to object segmentations, then ablate or insert units to remove or add objects"),
+    Entry(2019, 3, "Number units", "The emergence of number and syntax units in LSTM language models",
+          "Lakretz, Kruszewski, Desbordes, Hupkes, Dehaene & Baroni", "arXiv 1903.07435; NAACL 2019",
+          "interventional", "LM", "00", "ablating two 'number units' breaks long-distance subject-verb agreement"),
     Entry(2020, 3, "Zoom In: circuits", "Zoom In: An Introduction to Circuits", "Olah et al.", "Distill",
           "observational", "vision", "00", "features, circuits and universality in InceptionV1"),
     Entry(2020, None, "Curve detectors", "Curve Detectors", "Cammarata et al.", "Distill",
           "observational", "vision", "00", "neurons that detect curves, read from weights and max-activating images"),
+    Entry(2020, 4, "Causal mediation", "Investigating Gender Bias in Language Models Using Causal Mediation Analysis",
+          "Vig, Gehrmann, Belinkov, Qian, Nevo, Singer & Shieber", "arXiv 2004.12265; NeurIPS 2020", "interventional",
+          "LM", "03", "set a neuron's or head's activation to its value on another prompt and measure the effect (GPT-2)"),
+    Entry(2021, 4, "Interpretability illusion", "An Interpretability Illusion for BERT", "Bolukbasi et al.",
+          "arXiv 2104.07143", "observational", "LM", "00",
+          "a neuron's top-activating examples tell a different story on each dataset they are drawn from"),
+    Entry(2021, 6, "Causal abstraction", "Causal Abstractions of Neural Networks", "Geiger, Lu, Icard & Potts",
+          "arXiv 2106.02997; NeurIPS 2021", "interventional", "LM", "05",
+          "interchange interventions: swap a representation between inputs to test a hypothesised algorithm (BERT)"),
     Entry(2021, 12, "Math. framework", "A Mathematical Framework for Transformer Circuits", "Elhage et al.",
           "Transformer Circuits Thread", "observational", "toy", "02",
           "0-2 layer attention-only transformers read from their weights; Q/K/V-composition"),
@@ -76,7 +111,7 @@ TIMELINE: tuple[Entry, ...] = (
     Entry(2022, 2, "ROME / causal tracing", "Locating and Editing Factual Associations in GPT", "Meng et al.",
           "NeurIPS 2022", "interventional", "LM", "05", "restore clean activations into a corrupted run; edit MLP weights"),
     Entry(2022, 3, "Induction heads", "In-context Learning and Induction Heads", "Olsson et al.",
-          "arXiv 2209.11895", "interventional", "LM", "02",
+          "Transformer Circuits Thread, Mar 2022; arXiv 2209.11895", "both", "LM", "02",
           "phase change in training; head ablations in small models, co-occurrence evidence in large ones"),
     Entry(2022, 9, "Superposition", "Toy Models of Superposition", "Elhage et al.", "arXiv 2209.10652",
           "observational", "toy", "07", "more features than dimensions in small ReLU models"),
@@ -134,8 +169,8 @@ TIMELINE: tuple[Entry, ...] = (
           "Smith, Rajamanoharan, Conmy, Nanda et al. (GDM)", "Alignment Forum", "observational", "LM", "07",
           "SAE probes lose to linear probes out of distribution"),
     Entry(2025, 3, "Circuit tracing", "Circuit Tracing; On the Biology of a Large Language Model",
-          "Ameisen, Lindsey et al.", "Transformer Circuits Thread", "observational", "LM", "07",
-          "cross-layer transcoders and attribution graphs"),
+          "Ameisen, Lindsey et al.", "Transformer Circuits Thread", "both", "LM", "07",
+          "cross-layer transcoders and attribution graphs, checked by perturbing the features they name"),
     Entry(2025, 6, "SPD", "Stochastic Parameter Decomposition", "Bushnaq, Braun & Sharkey", "arXiv 2506.20790",
           "observational", "toy", "07", "rank-one weight components with learned causal importance"),
 )
@@ -159,12 +194,14 @@ class NotebookInfo:
 
 SERIES: tuple[NotebookInfo, ...] = (
     NotebookInfo("00", "Linear models vs black boxes, and how the field got here",
-                 "response curves, max activation, single-unit ablation",
-                 "the vocabulary and the two obstacles (non-linearity, dimensionality), on a model small enough to see whole"),
+                 "response curves, direct attribution, max activation, single-unit ablation",
+                 "the vocabulary and two obstacles (non-linearity, attribution under correlated inputs), "
+                 "on a model small enough to see whole"),
     NotebookInfo("01", "Grokking", "reading weights in a Fourier basis; progress measures",
                  "a toy model whose algorithm we know, so a reverse-engineered answer can be checked"),
     NotebookInfo("02", "Induction heads", "attention patterns, induction and previous-token scores, composition",
-                 "the first mechanism found in transformers; it recurs in every model afterwards"),
+                 "the first mechanism found in transformers; Olsson et al. found it in every model of two or more "
+                 "layers they studied"),
     NotebookInfo("03", "Indirect object identification", "logit difference, mean ablation, path patching",
                  "a whole circuit in a real language model, built from the heads of 02"),
     NotebookInfo("04", "Successor heads", "OV-circuit inspection vs ablation vs attribution",
@@ -204,7 +241,7 @@ def counts(entries: Sequence[Entry] = TIMELINE) -> dict[str, dict[str, int]]:
     return out
 
 
-KIND_COLORS = {"observational": "tab:blue", "interventional": "tab:orange"}
+KIND_COLORS = {"observational": "tab:blue", "interventional": "tab:orange", "both": "tab:purple"}
 MODEL_MARKERS = {"vision": "s", "toy": "^", "LM": "o"}
 
 
@@ -238,7 +275,7 @@ def plot_timeline(kind: str = "all", start: int = FIRST_YEAR, end: int = LAST_YE
     handles += [Line2D([], [], ls="", marker=m, color="0.5", label=t) for t, m in MODEL_MARKERS.items()]
     ax.legend(handles=handles, fontsize=7, loc="lower left", ncol=2)
     shown = f"{kind} results" if kind != "all" else "results"
-    ax.set_title(f"Mechanistic interpretability, {start}-{end}: {len(entries)} {shown}"
+    ax.set_title(f"This series' reading list, {start}-{end}: {len(entries)} {shown}"
                  + ("" if model == "all" else f" on {model} models"), fontsize=10, loc="left")
     fig.subplots_adjust(left=0.03, right=0.55, top=1 - 0.45 / (1.2 + 0.26 * n), bottom=0.7 / (1.2 + 0.26 * n))
     return fig
@@ -259,7 +296,7 @@ def timeline_explorer(kind: str = "all", start: int = FIRST_YEAR, end: int = LAS
 def series_table() -> str:
     """The series map as a Markdown table, with how many timeline results each notebook teaches."""
     per_nb = counts()["notebook"]
-    rows = ["| notebook | topic | methods | why here | results on the timeline |", "|---|---|---|---|---|"]
+    rows = ["| notebook | topic | methods | why here | results on the reading list |", "|---|---|---|---|---|"]
     for nb in SERIES:
         rows.append(f"| {nb.number} | {nb.title} | {nb.methods} | {nb.why_here} | {per_nb.get(nb.number, 0)} |")
     return "\n".join(rows)

@@ -36,6 +36,16 @@ def _mean_unit(hidden, unit):
     return out
 
 
+def _costs(hidden, w_out, b_out, target, unit):
+    keep = torch.ones(hidden.shape[1])
+    keep[unit] = 0.0
+    zeroed = hidden * keep                                   # a new tensor: hidden is untouched
+    meaned = zeroed + (1 - keep) * hidden[:, unit].mean()
+    intact = F.mse_loss(hidden @ w_out + b_out, target)
+    return torch.tensor([F.mse_loss(zeroed @ w_out + b_out, target) - intact,
+                         F.mse_loss(meaned @ w_out + b_out, target) - intact])
+
+
 def _fourier(p):
     rows = [[1.0 / math.sqrt(p)] * p]
     for k in range(1, (p - 1) // 2 + 1):
@@ -202,6 +212,7 @@ def _mask(pre, r):
 
 ALTERNATIVES = {
     "least_squares": _ls, "max_activating_inputs": _max_act, "mean_ablate_unit": _mean_unit,
+    "ablation_costs": _costs,
     "fourier_basis": _fourier, "frequency_shares": _shares, "excluded_loss": _excluded,
     "frequency_fraction": _fraction, "previous_token_score": _prev, "induction_score": _induction,
     "k_composition_score": _kcomp, "in_context_learning_score": _icl, "logit_difference": _ld,
@@ -258,6 +269,14 @@ def test_changing_an_input_in_place_is_rejected_and_named(name):
 def _inplace_mean_unit(hidden, unit):
     hidden[:, unit] = hidden[:, unit].mean()
     return hidden
+
+
+def _inplace_costs(hidden, w_out, b_out, target, unit):
+    intact = ((hidden @ w_out + b_out - target) ** 2).mean()
+    hidden[:, unit] = 0.0
+    zero = ((hidden @ w_out + b_out - target) ** 2).mean() - intact
+    hidden[:, unit] = hidden[:, unit].mean()                 # the mean of the zeroed column: 0
+    return torch.stack([zero, ((hidden @ w_out + b_out - target) ** 2).mean() - intact])
 
 
 def _inplace_patch(z, z_source, head):
@@ -322,6 +341,7 @@ def test_ica_matrix_accepts_both_standard_deviations_but_not_no_scaling():
     ("mean_ablate_unit", lambda t: t.double(), "torch.float64; the task asks for torch.float32"),
     ("mean_ablate_unit", lambda t: t.to(torch.complex64) + 1j, "complex tensor"),
     ("mean_ablate_unit", lambda t: t.tolist(), "is a list, expected a torch.Tensor"),
+    ("ablation_costs", lambda t: t.double(), "torch.float64; the task asks for torch.float32"),
     ("max_activating_inputs", lambda t: t.float(), "the task asks for integers"),
     ("successor_score", lambda f: str(f), "the task asks for one real number"),
     ("successor_score", lambda f: complex(f, 1), "the task asks for one real number"),
@@ -415,6 +435,24 @@ def _mean_unit_overall(hidden, unit):
     return out
 
 
+def _costs_reusing_zeroed(hidden, w_out, b_out, target, unit):
+    ablated = hidden.clone()
+    intact = ((hidden @ w_out + b_out - target) ** 2).mean()
+    ablated[:, unit] = 0.0
+    zero = ((ablated @ w_out + b_out - target) ** 2).mean() - intact
+    ablated[:, unit] = ablated[:, unit].mean()
+    return torch.stack([zero, ((ablated @ w_out + b_out - target) ** 2).mean() - intact])
+
+
+def _costs_mean_of_contribution(hidden, w_out, b_out, target, unit):
+    meaned = hidden.clone()
+    meaned[:, unit] = (hidden[:, unit] * w_out[unit]).mean()  # the mean contribution, not the mean activation
+    zeroed = hidden.clone()
+    zeroed[:, unit] = 0.0
+    intact = ((hidden @ w_out + b_out - target) ** 2).mean()
+    return torch.stack([((h @ w_out + b_out - target) ** 2).mean() - intact for h in (zeroed, meaned)])
+
+
 def _sigmoid_mask(pre, r):
     g = torch.sigmoid(pre)
     return g, g + (1 - g) * r
@@ -430,6 +468,9 @@ def _zero_keep(z, abc_mean, keep):
 REALISTIC_WRONG = [
     ("max_activating_inputs", _topk_tuple, None),
     ("least_squares", _ls_float32, None),
+    ("ablation_costs", _inplace_costs, "in place"),
+    ("ablation_costs", _costs_reusing_zeroed, "after it had been zeroed"),
+    ("ablation_costs", _costs_mean_of_contribution, None),
     ("fourier_basis", _fourier_sin_first, None),
     ("logit_difference", _ld_wrong_index, None),
     ("control_kl", _kl_batchmean, "reduction='batchmean'"),

@@ -1,4 +1,4 @@
-"""Unit tests of notebook 00's modules: mi_tutor.blackbox and mi_tutor.history."""
+"""Unit tests of notebook 00's modules: mi_tutor.blackbox, mi_tutor.blackbox_attribution and mi_tutor.history."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mi_tutor import blackbox as bb
+from mi_tutor import blackbox_attribution as attr
 from mi_tutor import history
 
 
@@ -123,86 +124,143 @@ def test_no_hidden_unit_starts_dead():
 
 def test_contributions_sum_to_the_prediction(model):
     ages = bb.age_grid(50)
-    c = bb.unit_contributions(model, ages)
+    c = attr.unit_contributions(model, ages)
     assert c.shape == (50, model.width)
-    assert np.allclose(c.sum(1) + bb.model_offset(model), model.predict(ages), atol=1e-3)
-    active = bb.units_active_per_age(c)
+    assert np.allclose(c.sum(1) + attr.model_offset(model), model.predict(ages), atol=1e-3)
+    active = attr.units_active_per_age(c)
     assert active.shape == (50,) and active.max() <= model.width
 
 
 def test_max_activating_inputs_matches_sorting():
     acts = torch.tensor([[0.1, 5.0], [3.0, -1.0], [2.0, 4.0]])
-    assert bb.max_activating_inputs(acts, 2).tolist() == [[1, 0], [2, 2]]
+    assert attr.max_activating_inputs(acts, 2).tolist() == [[1, 0], [2, 2]]
     with pytest.raises(ValueError, match="k must be"):
-        bb.max_activating_inputs(acts, 4)
+        attr.max_activating_inputs(acts, 4)
     with pytest.raises(ValueError, match="n_inputs, n_units"):
-        bb.max_activating_inputs(acts[0], 1)
+        attr.max_activating_inputs(acts[0], 1)
 
 
 def test_mean_and_zero_ablation_of_one_unit():
     h = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
-    m = bb.mean_ablate_unit(h, 1)
+    m = attr.mean_ablate_unit(h, 1)
     assert m.tolist() == [[1.0, 4.0], [3.0, 4.0]] and h[0, 1] == 2.0, "must not edit in place"
-    assert bb.zero_ablate_unit(h, 0).tolist() == [[0.0, 2.0], [0.0, 6.0]]
+    assert attr.zero_ablate_unit(h, 0).tolist() == [[0.0, 2.0], [0.0, 6.0]]
 
 
 def test_zero_ablation_hurts_at_least_as_much_as_mean_ablation(data, model):
-    eff = bb.ablation_effects(model, data.age_test, data.wage_test)
+    eff = attr.ablation_effects(model, data.age_test, data.wage_test)
     assert eff["zero"].shape == eff["mean"].shape == (model.width,)
-    # zero ablation = mean ablation + a constant shift of the output, so it costs (about) as much or more
-    assert (eff["zero"] >= eff["mean"] - 0.5).all()
+    # zero ablation = mean ablation + a constant shift of the output: the gap is exactly the derived formula
+    w, b = attr.readout_weights(model)
+    with torch.no_grad():
+        h = model.hidden(data.age_test)[-1]
+    y = torch.tensor(data.wage_test, dtype=torch.float32)
+    gap = attr.ablation_gap_formula(h, w, b, y).numpy()
+    assert np.allclose(eff["zero"] - eff["mean"], gap, atol=1e-3)
+    assert np.allclose(model.readout(h).detach().numpy(), (h @ w + b).numpy(), atol=1e-4)
     assert eff["mean"].max() > 1.0, "some unit should matter"
     top = int(np.argmax(eff["mean"]))
-    ablated = bb.predict_ablated(model, data.age_test, top, "mean")
+    ablated = attr.predict_ablated(model, data.age_test, top, "mean")
     assert np.isclose(bb.mse(ablated, data.wage_test) - bb.mse(model.predict(data.age_test), data.wage_test),
                       eff["mean"][top], rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="mode"):
-        bb.predict_ablated(model, data.age_test, 0, "resample")
+        attr.predict_ablated(model, data.age_test, 0, "resample")
+
+
+def test_ablation_costs_by_hand_and_bad_inputs():
+    h = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
+    w = torch.tensor([1.0, 1.0])
+    y = torch.tensor([3.0, 3.0])           # the intact readout (b = 0) is exact: MSE 0
+    costs = attr.ablation_costs(h, w, 0.0, y, 0)
+    # zero: predictions (2, 0) -> MSE (1 + 9) / 2 = 5; mean (2): predictions (4, 2) -> MSE 1
+    assert torch.allclose(costs, torch.tensor([5.0, 1.0])) and costs.dtype == torch.float32
+    assert h.tolist() == [[1.0, 2.0], [3.0, 0.0]], "must not edit in place"
+    gap = attr.ablation_gap_formula(h, w, 0.0, y)
+    assert torch.allclose(gap[0], costs[0] - costs[1])
+    with pytest.raises(ValueError, match="w_out must be"):
+        attr.ablation_costs(h, torch.ones(3), 0.0, y, 0)
+    with pytest.raises(ValueError, match="unit must be"):
+        attr.ablation_costs(h, w, 0.0, y, 2)
+
+
+def test_earlier_layer_ablation_runs_the_rest_of_the_network(data, model):
+    with torch.no_grad():
+        h0 = model.hidden(data.age_test)[0]
+        assert torch.allclose(model.run_from(0, h0), model(data.age_test), atol=1e-5)
+    first = attr.ablation_effects(model, data.age_test, data.wage_test, layer=0)
+    assert first["zero"].shape == (model.width,) and np.isfinite(first["zero"]).all()
+    assert not np.allclose(first["zero"], first["mean"])
+    off = attr.zero_fraction(model, data.age_test)
+    assert off.shape == (model.width,) and ((off >= 0) & (off <= 1)).all() and off.max() > 0
+
+
+def test_linear_pieces_are_exactly_linear(model):
+    pieces = attr.linear_pieces(model)
+    assert pieces.n_pieces == len(pieces.kinks) + 1 >= 2
+    assert pieces.max_misfit < 1e-3
+    assert ((pieces.kinks > bb.AGE_MIN) & (pieces.kinks < bb.AGE_MAX)).all()
+    # a kinked function the fit could not call linear: the whole range at once is far from a line
+    ages = bb.age_grid(200)
+    pred = model.predict(ages)
+    assert np.abs(np.polyval(np.polyfit(ages, pred, 1), ages) - pred).max() > 1.0
+
+
+def test_basis_check_sum_is_invariant_but_coordinates_are_not_relu(data, model):
+    rot = attr.basis_check(model, data.age_test, seed=1)
+    assert rot.max_sum_error < 1e-3
+    assert rot.negative_share_units == 0.0 and rot.negative_share_rotated > 0.1
+
+
+def test_credit_across_seeds_keeps_the_inputs_and_changes_the_run(data):
+    a, b = attr.credit_across_seeds(data, seeds=[0, 1], steps=100, width=6)
+    assert a.inputs == b.inputs == ["age", "experience"] and a.input_corr == b.input_corr > 0.9
+    assert not np.allclose(a.unit_credit, b.unit_credit)
+    assert len(a.unit_age_shares) > 0 and 0 <= a.age_share <= 1
 
 
 def test_nonlinearity_marginal_effect_varies_and_weights_switch(model, data):
     ages = bb.age_grid(60)
-    me = bb.marginal_effect(model, ages)
+    me = attr.marginal_effect(model, ages)
     assert me[ages < 25].mean() > 1.0 and me[ages > 64].mean() < -0.5
-    eff, names = bb.weight_effects(model, ages)
+    eff, names = attr.weight_effects(model, ages)
     assert eff.shape == (60, bb.n_parameters(model)) == (60, len(names))
     # the output bias moves every prediction by the same amount (times the output scale)
     j = names.index("out.bias[0]")
     assert np.allclose(eff[:, j], eff[0, j])
-    summary = bb.summarise_effects(eff)
+    summary = attr.summarise_effects(eff)
     assert summary.off_fraction > 0.1
-    assert bb.summarise_effects(bb.linear_weight_effects(ages)).sign_flips == 0
+    assert attr.summarise_effects(attr.linear_weight_effects(ages)).sign_flips == 0
 
 
 def test_summarise_effects_counts_flips_and_switches():
     e = np.array([[1.0, 0.0, 1.0], [-1.0, 1.0, 2.0], [0.5, 1.0, 3.0]])
-    s = bb.summarise_effects(e)
+    s = attr.summarise_effects(e)
     assert (s.n_weights, s.sign_flips, s.switched_off) == (3, 1, 1)
 
 
 def test_unit_input_credit_rows_sum_to_one(data):
     rng = np.random.default_rng(0)
-    x, names = bb.wage_features(data.age_train, "age + experience", rng)
+    x, names = attr.wage_features(data.age_train, "age + experience", rng)
     assert names == ["age", "experience"] and np.corrcoef(x.T)[0, 1] > 0.9
     m = bb.train_mlp(x, data.wage_train, width=6, steps=50).model
-    credit = bb.unit_input_credit(m, x[:100])
+    credit = attr.unit_input_credit(m, x[:100])
     live = credit.sum(1) > 0
     assert credit.shape == (6, 2) and np.allclose(credit[live].sum(1), 1.0)
     with pytest.raises(ValueError, match="setting"):
-        bb.wage_features(data.age_train, "age + shoe size", rng)
+        attr.wage_features(data.age_train, "age + shoe size", rng)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_dimensionality_smears_credit_away_from_age(seed):
     data = bb.make_wage_data(n_train=400, n_test=400, seed=seed)
-    res = bb.dimensionality_demo(data, seed=seed, steps=400)
+    res = attr.dimensionality_demo(data, seed=seed, steps=400)
     unit_credit = [r.unit_age_credit for r in res]
     out_credit = [r.output_age_credit for r in res]
     assert unit_credit[0] > 0.99 and unit_credit[1] < 0.9 and unit_credit[2] < unit_credit[1]
     assert out_credit[0] > 0.99 and out_credit[2] < out_credit[1] < 0.97
     assert res[2].age_share < res[0].age_share
-    assert "unit credit to age" in bb.dims_table(res)
+    assert "unit credit to age" in attr.dims_table(res)
 
 
 @pytest.mark.slow
@@ -235,10 +293,10 @@ def test_figures_render(data, model):
     import matplotlib.pyplot as plt
 
     line = bb.least_squares(data.age_train, data.wage_train)
-    eff = bb.ablation_effects(model, data.age_test, data.wage_test)
+    eff = attr.ablation_effects(model, data.age_test, data.wage_test)
     for fig in (bb.plot_data(data, line, {"MLP": model}), bb.plot_residuals(data, line, model),
-                bb.plot_units(model, highlight=[0]), bb.plot_nonlinearity(model, line),
-                bb.plot_ablation(model, data, eff)):
+                attr.plot_units(model, highlight=[0]), attr.plot_nonlinearity(model, line),
+                attr.plot_ablation(model, data, eff)):
         assert fig.axes
         plt.close(fig)
 
@@ -263,6 +321,21 @@ def test_timeline_respects_fact_sheet_corrections():
     assert "Kramár" in by_short["AtP*"].authors and "2403.00745" in by_short["AtP*"].ref
     assert "Syed" in by_short["EAP"].authors and "2310.10348" in by_short["EAP"].ref
     assert by_short["IOI circuit"].ref.startswith("arXiv 2211.00593")
+
+
+def test_reading_list_has_early_interventions_and_lm_work():
+    """The list must not suggest that interventions arrived with transformers: occlusion (2013) is one,
+    and language-model papers intervened before 2022."""
+    by_short = {e.short: e for e in history.TIMELINE}
+    assert by_short["Deconvnet & occlusion"].kind != "observational"
+    early_lm = [e for e in history.TIMELINE if e.model == "LM" and e.year < 2022 and e.kind != "observational"]
+    assert {"Sentiment neuron", "Number units", "Causal mediation", "Causal abstraction"} <= {e.short for e in early_lm}
+    for short, arxiv in (("Number units", "1903.07435"), ("Causal mediation", "2004.12265"),
+                         ("Causal abstraction", "2106.02997"), ("GAN dissection", "1811.10597"),
+                         ("Sentiment neuron", "1704.01444"), ("LSTM cells", "1506.02078")):
+        assert arxiv in by_short[short].ref
+    assert "2209.11895" in by_short["Induction heads"].ref and "Mar 2022" in by_short["Induction heads"].ref
+    assert "they studied" in {n.number: n for n in history.SERIES}["02"].why_here
 
 
 def test_select_filters_by_kind_and_years():
@@ -292,5 +365,6 @@ def test_timeline_figures_and_tables():
     table = history.series_table()
     assert table.count("\n") == len(history.SERIES) + 1
     assert history.timeline_table().count("\n") == len(history.TIMELINE) + 1
-    assert history.TIMELINE[0].citation().startswith("Zeiler & Fergus")
-    assert history.TIMELINE[2].first_author == "Cammarata et al."
+    by_short = {e.short: e for e in history.TIMELINE}
+    assert by_short["Curve detectors"].first_author == "Cammarata et al."
+    assert history.TIMELINE[0].citation().startswith("Erhan")

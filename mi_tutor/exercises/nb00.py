@@ -1,11 +1,12 @@
 """Exercises of notebook 00 (linear models vs black boxes): least squares, max-activating inputs,
-mean ablation of one unit."""
+mean ablation of one unit, and the cost of zero vs mean ablation."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..blackbox import least_squares, max_activating_inputs, mean_ablate_unit
+from ..blackbox import least_squares
+from ..blackbox_attribution import ablation_costs, max_activating_inputs, mean_ablate_unit
 from .core import Exercise, Mistake, register
 
 NOTEBOOK = "00_linear_vs_black_box"
@@ -134,4 +135,87 @@ register(Exercise(
                 _mean_wrong_axis),
         Mistake("you replaced every unit by its mean, not only the one unit", _mean_all_units),
     ],
+))
+
+
+# ---------------------------------------------------------------- zero vs mean ablation: what each costs
+
+def _cost_cases(rng: np.random.Generator):
+    cases = []
+    for n, units in ((40, 5), (25, 8), (60, 3)):
+        hidden = torch.tensor(np.maximum(rng.normal(0.5, 1.0, size=(n, units)), 0.0), dtype=torch.float32)
+        w_out = torch.tensor(rng.normal(0, 2.0, size=units), dtype=torch.float32)
+        b_out = float(rng.normal(0, 3.0))
+        target = (hidden @ w_out + b_out + torch.tensor(rng.normal(0, 0.5, size=n), dtype=torch.float32))
+        cases.append(((hidden, w_out, b_out, target, int(rng.integers(units))), {}))
+    return cases
+
+
+def _mse(h, w_out, b_out, target):
+    return ((h @ w_out + b_out - target) ** 2).mean()
+
+
+def _ablated(hidden, unit, value):
+    out = hidden.clone()
+    out[:, unit] = value
+    return out
+
+
+def _costs_from(hidden, w_out, b_out, target, zero, mean, base=None):
+    base = _mse(hidden, w_out, b_out, target) if base is None else base
+    return torch.stack([_mse(zero, w_out, b_out, target) - base, _mse(mean, w_out, b_out, target) - base])
+
+
+def _cost_no_baseline(hidden, w_out, b_out, target, unit):
+    return _costs_from(hidden, w_out, b_out, target, _ablated(hidden, unit, 0.0),
+                       _ablated(hidden, unit, hidden[:, unit].mean()), base=torch.tensor(0.0))
+
+
+def _cost_mean_after_zero(hidden, w_out, b_out, target, unit):
+    zero = _ablated(hidden, unit, 0.0)
+    return _costs_from(hidden, w_out, b_out, target, zero, _ablated(zero, unit, zero[:, unit].mean()))
+
+
+def _cost_wrong_axis(hidden, w_out, b_out, target, unit):
+    return _costs_from(hidden, w_out, b_out, target, _ablated(hidden, unit, 0.0),
+                       _ablated(hidden, unit, hidden.mean(dim=1)))
+
+
+def _cost_swapped(hidden, w_out, b_out, target, unit):
+    return ablation_costs(hidden, w_out, b_out, target, unit).flip(0)
+
+
+def _cost_no_bias(hidden, w_out, b_out, target, unit):
+    return _costs_from(hidden, w_out, 0.0, target, _ablated(hidden, unit, 0.0),
+                       _ablated(hidden, unit, hidden[:, unit].mean()))
+
+
+def _cost_sum(hidden, w_out, b_out, target, unit):
+    return ablation_costs(hidden, w_out, b_out, target, unit) * hidden.shape[0]
+
+
+register(Exercise(
+    name="ablation_costs",
+    notebook=NOTEBOOK,
+    reference=ablation_costs,
+    cases=_cost_cases,
+    hints=[
+        "The prediction is hidden @ w_out + b_out. Compute the intact model's MSE once, then the MSE of two "
+        "ablated copies (hidden.clone(), never hidden itself) and subtract the intact MSE from each.",
+        "Zero ablation: copy[:, unit] = 0. Mean ablation: copy[:, unit] = hidden[:, unit].mean(), the mean over "
+        "the inputs (rows) of the ORIGINAL activations, taken before anything is overwritten.",
+        "Return torch.stack([zero_cost, mean_cost]): float32, zero ablation first.",
+    ],
+    mistakes=[
+        Mistake("you returned the ablated models' MSEs; the task asks for the INCREASE over the intact model's MSE "
+                "(subtract it)", _cost_no_baseline),
+        Mistake("your mean ablation used the column after it had been zeroed (its mean is then 0), so both numbers "
+                "are zero-ablation costs: take the mean from the original activations", _cost_mean_after_zero),
+        Mistake("you averaged over the wrong axis (over units, dim=1, for each input) instead of over the inputs",
+                _cost_wrong_axis),
+        Mistake("you returned [mean cost, zero cost]; the task asks for zero ablation first", _cost_swapped),
+        Mistake("you left out the readout bias b_out: the prediction is hidden @ w_out + b_out", _cost_no_bias),
+        Mistake("you summed the squared errors; the task asks for the mean squared error", _cost_sum),
+    ],
+    rtol=1e-4, atol=1e-4,
 ))

@@ -84,8 +84,10 @@ def baseline_table(reps: Representations, tasks: np.ndarray, fine: np.ndarray, n
                    n_subsamples: int = 8, fraction: float = 0.8, seed: int = 0) -> list[BaselineRow]:
     """Cluster every representation at k = n_tasks and k = n_fine, on `n_subsamples` random subsets
     (`fraction` of the examples each), and score the clusters; the predicted token is used as it is."""
-    rng = np.random.default_rng(seed)
     n = len(tasks)
+    if len(fine) != n or any(S.shape != (n, n) for S in reps.similarities.values()) or len(reps.predicted) != n:
+        raise ValueError(f"tasks, fine labels, predicted tokens and [N, N] similarities must all cover the same N={n} examples")
+    rng = np.random.default_rng(seed)
     subsets = [np.sort(rng.choice(n, int(fraction * n), replace=False)) for _ in range(n_subsamples)]
     rows = []
     for name, S in reps.similarities.items():
@@ -167,6 +169,9 @@ def reparametrise(model: nn.Module, M: torch.Tensor) -> nn.Module:
     """
     import copy
 
+    d = model.unembed.in_features
+    if M.shape != (d, d):
+        raise ValueError(f"M must be a [{d}, {d}] matrix (the residual stream's width), got {tuple(M.shape)}")
     M = M.to(torch.float32)
     Minv = torch.linalg.inv(M)
     new = copy.deepcopy(model)
@@ -240,6 +245,9 @@ def reparam_report(model: nn.Module, M: torch.Tensor, name: str, tokens: torch.T
 def attribution_scores(phi_train: torch.Tensor, phi_test: torch.Tensor, damping: float = 1e-3) -> torch.Tensor:
     """TRAK-style scores [n_test, n_train]: phi_test (Phi^T Phi + lambda I)^-1 Phi^T, with Phi the projected
     training gradients [n_train, k] and lambda = `damping` times the mean eigenvalue of Phi^T Phi."""
+    if phi_train.ndim != 2 or phi_test.ndim != 2 or phi_train.shape[1] != phi_test.shape[1]:
+        raise ValueError(f"phi_train [n_train, k] and phi_test [n_test, k] must share k, got {tuple(phi_train.shape)} "
+                         f"and {tuple(phi_test.shape)}")
     Phi = phi_train.double()
     K = Phi.T @ Phi
     lam = damping * float(K.diagonal().mean())

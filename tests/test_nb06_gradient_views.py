@@ -296,3 +296,16 @@ def test_input_overlap_counts_rows():
 
     train = torch.tensor([[0, 1], [2, 3]])
     assert at.input_overlap(torch.tensor([[0, 1], [1, 0], [2, 3], [0, 1]]), train) == 0.75
+
+
+def test_attribution_helpers_reject_mismatched_shapes(small):
+    from mi_tutor import attribution as at
+
+    model, _ = small
+    with pytest.raises(ValueError, match="share k"):
+        at.attribution_scores(torch.randn(5, 4), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="residual stream"):
+        at.reparametrise(model, torch.eye(3))
+    reps = at.Representations({"x": torch.eye(4)}, np.zeros(4, int))
+    with pytest.raises(ValueError, match="same N"):
+        at.baseline_table(reps, np.zeros(5, int), np.zeros(5, int), 2, 2)

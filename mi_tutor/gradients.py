@@ -106,25 +106,14 @@ def spectral_clusters(S: torch.Tensor | np.ndarray, n_clusters: int, seed: int =
 
 
 def adjusted_rand_index(labels_a, labels_b) -> float:
-    """Adjusted Rand index of two labelings (1 = same partition, ~0 = chance), from the contingency table."""
+    """Adjusted Rand index of two labelings (1 = same partition, ~0 = chance): scikit-learn's `adjusted_rand_score`."""
+    from sklearn.metrics import adjusted_rand_score
+
     a = np.asarray(labels_a).ravel()
     b = np.asarray(labels_b).ravel()
     if a.shape != b.shape:
         raise ValueError(f"the two labelings must have the same length, got {a.shape} and {b.shape}")
-    _, ia = np.unique(a, return_inverse=True)
-    _, ib = np.unique(b, return_inverse=True)
-    table = np.zeros((ia.max() + 1, ib.max() + 1))
-    np.add.at(table, (ia, ib), 1)
-
-    def pairs(x):
-        return (x * (x - 1) / 2).sum()
-
-    index, rows, cols, total = pairs(table), pairs(table.sum(1)), pairs(table.sum(0)), pairs(np.array([a.size]))
-    expected = rows * cols / total if total else 0.0
-    maximum = (rows + cols) / 2
-    if maximum == expected:
-        return 1.0
-    return float((index - expected) / (maximum - expected))
+    return float(adjusted_rand_score(a, b))
 
 
 def purity(labels, truth) -> float:
@@ -211,6 +200,18 @@ def kronecker_project(xs: torch.Tensor, deltas: torch.Tensor, P_in: torch.Tensor
     a = xs @ P_in.T          # [N, T, k_in]
     d = deltas @ P_out.T     # [N, T, k_out]
     return torch.einsum("nto,nti->noi", d, a).flatten(1)
+
+
+def rank_one_gram(deltas: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Exact Gram matrix of per-token gradients of one linear layer, never forming them.
+
+    Token t's gradient is the outer product delta_t x_t^T, so <delta_t x_t^T, delta_s x_s^T> =
+    <delta_t, delta_s> <x_t, x_s>: the Gram is (Delta Delta^T) * (X X^T), elementwise.
+    deltas [N, d_out], xs [N, d_in] -> [N, N].
+    """
+    if deltas.ndim != 2 or xs.ndim != 2 or len(deltas) != len(xs):
+        raise ValueError(f"deltas [N, d_out] and xs [N, d_in] must agree on N, got {tuple(deltas.shape)} and {tuple(xs.shape)}")
+    return (deltas @ deltas.T) * (xs @ xs.T)
 
 
 def gaussian(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
@@ -396,6 +397,8 @@ class TokenGradients:
     layers: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (d_out, d_in)
     n_params: int = 0
     seconds: float = 0.0
+    #: per layer, the two factors of the exact Gram: (<delta_t, delta_s>, <x_t, x_s>), each [N, N] float64
+    factor_grams: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def load_corpus_06() -> str:
@@ -465,10 +468,11 @@ def lm_token_gradients(model, tokens: torch.Tensor, max_loss: float = 0.5, max_t
     N = min(max_tokens, sum(len(k) for k in keep_tok))
     cat = {n: (torch.cat(xs[n])[:N], torch.cat(ds[n])[:N]) for n in modules}
     parts, gram = [], torch.zeros(N, N, dtype=torch.float64)
-    layers = {}
+    layers, factors = {}, {}
     for n, (x, d) in cat.items():
         layers[short_name(n)] = (d.shape[-1], x.shape[-1])
-        gram += (d.double() @ d.double().T) * (x.double() @ x.double().T)
+        factors[short_name(n)] = (d.double() @ d.double().T, x.double() @ x.double().T)
+        gram += rank_one_gram(d.double(), x.double())
         P_in = gaussian(min(k_side, x.shape[-1]), x.shape[-1], gen)
         P_out = gaussian(min(k_side, d.shape[-1]), d.shape[-1], gen)
         parts.append(kronecker_project(x.unsqueeze(1), d.unsqueeze(1), P_in, P_out))
@@ -477,7 +481,7 @@ def lm_token_gradients(model, tokens: torch.Tensor, max_loss: float = 0.5, max_t
     n_params = sum(p.numel() for p in params)
     return TokenGradients(torch.cat(parts, 1), exact, torch.cat(keep_tok)[:N], torch.cat(keep_loss)[:N],
                           torch.cat(keep_seq)[:N], torch.cat(keep_pos)[:N], tokens, layers, n_params,
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, factors)
 
 
 def cosine_to_angular(C: torch.Tensor) -> torch.Tensor:
@@ -544,8 +548,10 @@ def plot_similarity(S: torch.Tensor, labels: np.ndarray, title: str = "", ax=Non
     return ax.figure
 
 
-def plot_sweep(rows: list[SweepRow], title: str = "random projection: how small can k be?"):
-    """Correlation with exact similarity and clustering agreement (ARI) against k."""
+def plot_sweep(rows: list[SweepRow], title: str = "random projection: how small can k be?",
+               exact_vs_truth: float | None = None):
+    """Correlation with exact similarity and clustering agreement (ARI) against k; `exact_vs_truth` (the exact
+    gradients' ARI against the truth) is drawn as a horizontal line."""
     import matplotlib.pyplot as plt
 
     ks = [r.k for r in rows]
@@ -553,6 +559,8 @@ def plot_sweep(rows: list[SweepRow], title: str = "random projection: how small 
     ax.plot(ks, [r.correlation for r in rows], "o-", label="corr(projected, exact similarity)")
     ax.plot(ks, [r.ari_vs_exact for r in rows], "s-", label="ARI vs exact clusters")
     ax.plot(ks, [r.ari_vs_truth for r in rows], "^--", label="ARI vs ground truth")
+    if exact_vs_truth is not None:
+        ax.axhline(exact_vs_truth, color="0.4", ls=":", label="exact gradients: ARI vs ground truth")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("projection size k")
     ax.set_ylim(-0.05, 1.05)
@@ -592,7 +600,7 @@ __all__ = [
     "per_example_grads", "n_bytes", "cosine_matrix", "angular_similarity", "spectral_clusters",
     "adjusted_rand_index", "purity", "shuffled_purity", "offdiag_correlation", "random_projection", "SweepRow",
     "projection_sweep",
-    "kronecker_project", "gaussian", "LinearCapture", "linear_modules", "kronecker_grads", "CostReport",
+    "kronecker_project", "rank_one_gram", "gaussian", "LinearCapture", "linear_modules", "kronecker_grads", "CostReport",
     "compare_exact_and_cheap", "last_block_linears", "short_name", "TokenGradients", "load_corpus_06", "token_windows",
     "lm_token_gradients", "cosine_to_angular", "token_in_context", "cluster_table", "nearest_clusters",
     "plot_similarity", "plot_sweep", "plot_cluster",

@@ -186,12 +186,17 @@ class SAERun:
 
 def train_saes(acts_fn: Callable[[int, torch.Generator], torch.Tensor], d_in: int, d_saes: Sequence[int],
                l1_coeffs: Sequence[float], steps: int = 2000, batch: int = 512, lr: float = 3e-3, seed: int = 0,
-               progress: bool = False) -> list[SAERun]:
+               progress: bool = False, downstream: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[SAERun]:
     """Train one SAE per (d_sae, l1_coeff) pair, all at once (`SAEStack`), on activations drawn fresh each
     step from `acts_fn(batch, generator)` ([batch, d_in], shared by all copies, or [batch, k, d_in]).
 
     Each copy minimises its own `sae_loss`; the losses are summed, and since Adam's update is per
     parameter, the copies train independently of each other.
+
+    `downstream` (a function of activations [..., d_in] -> what the model computes from them) turns
+    the reconstruction term into an *end-to-end* one, in the spirit of Braun et al. 2024 (arXiv
+    2405.12241): ||downstream(h_hat) - downstream(h)||^2 instead of ||h_hat - h||^2, so a latent earns
+    its place only by changing what the rest of the model computes.
     """
     if len(d_saes) != len(l1_coeffs):
         raise ValueError(f"one l1_coeff per dictionary size: got {len(d_saes)} sizes and {len(l1_coeffs)} coefficients")
@@ -209,7 +214,12 @@ def train_saes(acts_fn: Callable[[int, torch.Generator], torch.Tensor], d_in: in
         h_hat, z = stack(h)
         if h.ndim == 2:
             h = h[:, None, :]
-        recon = ((h - h_hat) ** 2).sum(-1).mean(0)            # [k]: sae_loss, copy by copy
+        if downstream is None:
+            recon = ((h - h_hat) ** 2).sum(-1).mean(0)        # [k]: sae_loss, copy by copy
+        else:
+            with torch.no_grad():
+                target = downstream(h)
+            recon = ((downstream(h_hat) - target) ** 2).sum(-1).mean(0)
         sparsity = z.abs().sum(-1).mean(0)
         loss = (recon + l1 * sparsity).sum()
         opt.zero_grad()
@@ -230,9 +240,12 @@ def train_saes(acts_fn: Callable[[int, torch.Generator], torch.Tensor], d_in: in
 
 
 def train_sae(acts_fn: Callable[[int, torch.Generator], torch.Tensor], d_in: int, d_sae: int, l1_coeff: float = 0.01,
-              steps: int = 2000, batch: int = 512, lr: float = 3e-3, seed: int = 0, progress: bool = False) -> SAERun:
-    """Train one SAE on activations drawn fresh each step from `acts_fn(batch, generator)` (`train_saes` with one copy)."""
-    return train_saes(acts_fn, d_in, [d_sae], [l1_coeff], steps=steps, batch=batch, lr=lr, seed=seed, progress=progress)[0]
+              steps: int = 2000, batch: int = 512, lr: float = 3e-3, seed: int = 0, progress: bool = False,
+              downstream: Callable[[torch.Tensor], torch.Tensor] | None = None) -> SAERun:
+    """Train one SAE on activations drawn fresh each step from `acts_fn(batch, generator)` (`train_saes` with one copy;
+    `downstream` makes it end-to-end)."""
+    return train_saes(acts_fn, d_in, [d_sae], [l1_coeff], steps=steps, batch=batch, lr=lr, seed=seed, progress=progress,
+                      downstream=downstream)[0]
 
 
 # ----------------------------------------------------------------------------- metrics

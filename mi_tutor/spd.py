@@ -48,6 +48,22 @@ def causal_importance_mask(pre: torch.Tensor, r: torch.Tensor) -> tuple[torch.Te
     return g, g + (1 - g) * r
 
 
+def stochastic_recon_loss(U: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, g: torch.Tensor,
+                          r: torch.Tensor, target_out: torch.Tensor) -> torch.Tensor:
+    """SPD's stochastic reconstruction loss for the tied toy model, one mask sample.
+
+    U [C, m] (write vectors u_c), V [C, n] (read vectors v_c), bias [n], inputs x [B, n], causal
+    importances g [B, C], uniform noise r [B, C], the target model's outputs target_out [B, n].
+    The mask m = g + (1 - g) r scales subcomponent c in BOTH uses of the tied weights:
+    h = sum_c m_c (v_c . x) u_c, out = ReLU(sum_c m_c (u_c . h) v_c + bias); the loss is
+    ||out - target_out||^2 summed over outputs and averaged over the batch (a scalar).
+    """
+    mask = g + (1 - g) * r
+    h = ((x @ V.T) * mask) @ U
+    out = torch.relu(((h @ U.T) * mask) @ V + bias)
+    return ((out - target_out) ** 2).sum(-1).mean()
+
+
 # The decomposition's maths, written once for k copies side by side (a leading "copy" dimension):
 # U [k, C, m], V [k, C, n], CI-MLP weights w1, b1, w2 [k, C, H], b2 [k, C]; inputs x [batch, n].
 
@@ -314,6 +330,49 @@ def spd_writes(spd: SPDDecomposition, x: torch.Tensor) -> torch.Tensor:
     return (spd.importance(x) * spd.inner(x))[:, :, None] * spd.U.detach()[None]
 
 
+@torch.no_grad()
+def spd_shrinkage(spd: SPDDecomposition, n_features: int, magnitude: float = 0.5) -> float:
+    """Mean ||h_spd|| / ||h|| over single-feature inputs magnitude * e_i, keeping the subcomponents with g > 0
+    (the same measurement as `sae.shrinkage`; 1 = no shrinkage)."""
+    x = magnitude * torch.eye(n_features)
+    h_spd, _ = binary_forward(spd, x)
+    h = spd.target.hidden(x)
+    return float((h_spd.norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-8)).mean())
+
+
+@torch.no_grad()
+def unused_feature_report(target: ToyModel, sae, e2e_sae, spd: SPDDecomposition, feature: int,
+                          x: torch.Tensor, value: float = 0.8) -> dict[str, float]:
+    """How each decomposition treats one feature of `target` against the others' mean, on single-feature inputs.
+
+    output use: the output FVU caused by deleting the feature from the input (how much the model uses it);
+    SAE / e2e-SAE fire: the largest latent activation when only this feature is on, times the decoder
+    direction's |cos| with W_feature (0 = no latent for it); SPD importance: the largest g_c on that input.
+    Keys end in '(feature)' or '(others)'.
+    """
+    from .sae import cosine_matrix
+
+    n = target.n_features
+    single = value * torch.eye(n)
+    out = target(x)
+    x_del = x.clone()
+    x_del[:, feature] = 0
+    use = float(((target(x_del) - out) ** 2).sum() / ((out - out.mean(0)) ** 2).sum())
+
+    def fire(s) -> torch.Tensor:
+        z = s.encode(target.hidden(single))                              # [n, d_sae]
+        cos = cosine_matrix(target.feature_directions(), s.directions()).abs()   # [n, d_sae]
+        return (z * cos).max(1).values
+
+    g = spd.importance(single).max(1).values
+    others = [i for i in range(n) if i != feature]
+    rep = {"output use (feature)": use}
+    for name, v in (("SAE latent", fire(sae)), ("e2e-SAE latent", fire(e2e_sae)), ("SPD importance", g)):
+        rep[f"{name} (feature)"] = float(v[feature])
+        rep[f"{name} (others)"] = float(v[others].mean())
+    return rep
+
+
 # ----------------------------------------------------------------------------- side by side with an SAE
 
 @torch.no_grad()
@@ -327,9 +386,12 @@ def compare_methods(target: ToyModel, sae_run, spd_run: SPDRun, x: torch.Tensor,
     matched recovery: `sae.matched_recovery` on single-feature inputs (value `single_value`);
     input recovery: SPD read vectors v_c against the one-hot inputs e_i (an SAE has none);
     hidden FVU, output FVU: reconstruction error of h and of the model's output (SAE: output = readout(h_hat));
+    shrinkage: mean ||h_hat|| / ||h|| on single-feature inputs of value 0.5 (1 = none; SAE: `sae.shrinkage`;
+    SPD: the model run with the subcomponents of g > 0);
     active per input: latents with z > 0 / subcomponents with g > 0; cost: parameters, steps x batch, seconds.
     """
     from .sae import chance_recovery, feature_recovery, matched_recovery, sae_writes
+    from .sae import shrinkage as sae_shrinkage
 
     true = target.feature_directions()
     n, m = target.n_features, target.n_hidden
@@ -354,6 +416,7 @@ def compare_methods(target: ToyModel, sae_run, spd_run: SPDRun, x: torch.Tensor,
             "input recovery": float("nan"),
             "hidden FVU": fvu(h_sae, h),
             "output FVU": fvu(target.readout(h_sae), out),
+            "shrinkage": sae_shrinkage(sae, true),
             "active per input": float((z > 0).float().sum(-1).mean()),
             "live components": float(sae_alive.sum()),
             "parameters": float(sae_run.n_params),
@@ -367,6 +430,7 @@ def compare_methods(target: ToyModel, sae_run, spd_run: SPDRun, x: torch.Tensor,
             "input recovery": float(feature_recovery(torch.eye(n), read_directions(spd)[alive])),
             "hidden FVU": fvu(h_spd, h),
             "output FVU": fvu(out_spd, out),
+            "shrinkage": spd_shrinkage(spd, n),
             "active per input": active_per_input(spd, x),
             "live components": float(alive.sum()),
             "parameters": float(spd_run.n_params),
@@ -472,7 +536,8 @@ def plot_sensitivity(factors: list[float], curves: dict[str, list[float]], ylabe
 
 __all__ = [
     "plot_importance_matrix", "plot_sensitivity",
-    "compare_methods", "format_comparison", "write_directions", "read_directions", "spd_writes", "plot_component_view",
+    "compare_methods", "format_comparison", "stochastic_recon_loss", "spd_shrinkage", "unused_feature_report",
+    "write_directions", "read_directions", "spd_writes", "plot_component_view",
     "hard_sigmoid", "leaky_hard_sigmoid", "causal_importance_mask", "SPDDecomposition", "SPDStack", "spd_losses",
     "SPDRun", "train_spds", "train_spd", "alive_components", "binary_forward", "active_per_input",
 ]

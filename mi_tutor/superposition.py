@@ -196,6 +196,34 @@ def random_toy(n_features: int = 40, n_hidden: int = 10, seed: int = 1) -> ToyMo
     return model
 
 
+def silenced_copy(model: ToyModel, feature: int, bias: float = -10.0) -> ToyModel:
+    """A copy of a single-instance toy model whose output `feature` is switched off (its ReLU bias set very negative).
+
+    The hidden activation h = W x is unchanged, so feature `feature` is still *written* into h as
+    before; but its own output unit never fires, so downstream only the other outputs' interference
+    terms (mostly cut by their ReLUs) can read that direction: a direction present in h that the
+    model barely uses.
+    """
+    if model.instances != 1:
+        raise ValueError("silence a feature of a single-instance toy model (train_toy)")
+    if not 0 <= feature < model.n_features:
+        raise ValueError(f"feature must be in 0..{model.n_features - 1}, got {feature}")
+    out = ToyModel(model.n_features, model.n_hidden, instances=1)
+    out.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        out.b[0, feature] = bias
+    out.eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
+
+
+def readout_fn(model: ToyModel):
+    """The single-instance model's readout h -> ReLU(W^T h + b) as a function that broadcasts over leading dims."""
+    W, b = model.W.detach()[0], model.b.detach()[0]
+    return lambda h: torch.relu(h @ W + b)
+
+
 # ----------------------------------------------------------------------------- geometry
 
 def feature_norms(W: torch.Tensor) -> torch.Tensor:
@@ -365,7 +393,8 @@ def plot_superposition(grid: SuperpositionGrid, n_hidden: int, density: float):
 
 
 __all__ = [
-    "sample_features", "ToyModel", "toy_loss", "ToyRun", "train_instances", "train_toy", "random_toy",
+    "sample_features", "ToyModel", "toy_loss", "ToyRun", "train_instances", "train_toy", "random_toy", "silenced_copy",
+    "readout_fn",
     "feature_norms", "superposition_score", "dimensions_per_feature", "plot_geometry", "PHASES", "PhaseDiagram",
     "phase_diagram", "plot_phase_diagram", "SuperpositionGrid", "superposition_grid", "plot_superposition",
 ]

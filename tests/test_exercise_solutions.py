@@ -5,7 +5,6 @@ The alternative solutions use other indexing styles, loops, einsum or numpy, the
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -186,14 +185,8 @@ def _proj(G, k, seed=0):
     return (G @ R) * k ** -0.5
 
 
-def _ari(a, b):
-    a, b = list(a), list(b)
-    pairs = list(itertools.combinations(range(len(a)), 2))
-    same_a = np.array([a[i] == a[j] for i, j in pairs])
-    same_b = np.array([b[i] == b[j] for i, j in pairs])
-    index, rows, cols, total = (same_a & same_b).sum(), same_a.sum(), same_b.sum(), len(pairs)
-    expected = rows * cols / total
-    return float((index - expected) / ((rows + cols) / 2 - expected))
+def _gram(deltas, xs):
+    return torch.einsum("ti,si,tj,sj->ts", deltas, deltas, xs, xs)
 
 
 def _sae(h, h_hat, z, l1_coeff):
@@ -210,6 +203,14 @@ def _mask(pre, r):
     return g, 1 - (1 - g) * (1 - r)
 
 
+def _recon(U, V, bias, x, g, r, target_out):
+    m = torch.lerp(g, torch.ones_like(g), r)                      # U(g, 1)
+    W_enc = torch.einsum("bc,cm,cn->bmn", m, U, V)                # per-input masked weights
+    h = torch.einsum("bmn,bn->bm", W_enc, x)
+    out = F.relu(torch.einsum("bmn,bm->bn", W_enc, h) + bias)
+    return F.mse_loss(out, target_out, reduction="sum") / len(x)
+
+
 ALTERNATIVES = {
     "least_squares": _ls, "max_activating_inputs": _max_act, "mean_ablate_unit": _mean_unit,
     "ablation_costs": _costs,
@@ -219,8 +220,9 @@ ALTERNATIVES = {
     "io_minus_s_attention": _io_s, "patch_head": _patch, "path_patched_query": _pp, "keep_circuit_heads": _keep,
     "successor_score": _succ, "ica_matrix": _ica, "mean_ablate_head": _mean_head, "attribution_estimate": _attr,
     "resample_ablate_head": _resample, "control_kl": _kl, "split_total_effect": _split, "covariation_scores": _cov,
-    "per_example_grads": _grads, "random_projection": _proj, "adjusted_rand_index": _ari, "sae_loss": _sae,
+    "per_example_grads": _grads, "random_projection": _proj, "per_token_gram": _gram, "sae_loss": _sae,
     "feature_recovery": _recovery, "causal_importance_mask": _mask,
+    "stochastic_recon_loss": _recon,
 }
 
 
@@ -453,6 +455,18 @@ def _costs_mean_of_contribution(hidden, w_out, b_out, target, unit):
     return torch.stack([((h @ w_out + b_out - target) ** 2).mean() - intact for h in (zeroed, meaned)])
 
 
+def _gram_of_summed_gradient(deltas, xs):
+    G = torch.einsum("ti,tj->tij", deltas, xs).flatten(1)
+    return G @ G.T / len(xs)
+
+
+def _recon_untied_mask(U, V, bias, x, g, r, target_out):
+    m = g + (1 - g) * r
+    h = ((x @ V.T) * m) @ U
+    out = torch.relu((h @ U.T) @ V + bias)
+    return ((out - target_out) ** 2).sum(-1).mean()
+
+
 def _sigmoid_mask(pre, r):
     g = torch.sigmoid(pre)
     return g, g + (1 - g) * r
@@ -482,6 +496,8 @@ REALISTIC_WRONG = [
     ("previous_token_score", _prev_sum, None),
     ("mean_ablate_unit", _mean_unit_overall, None),
     ("causal_importance_mask", _sigmoid_mask, "smooth sigmoid"),
+    ("per_token_gram", _gram_of_summed_gradient, None),
+    ("stochastic_recon_loss", _recon_untied_mask, "both uses"),
     ("keep_circuit_heads", _zero_keep, "zero ablation"),
     ("mean_ablate_unit", _inplace_mean_unit, "in place"),
     ("patch_head", _inplace_patch, "in place"),

@@ -194,3 +194,118 @@ def test_lm_token_gradients_exact_similarity_matches_brute_force():
     assert torch.allclose(tg.losses, torch.stack([
         F.cross_entropy(model(toks[s:s + 1])[0, p - 1:p], toks[s, p:p + 1]) for s, p in zip(tg.seq.tolist(), tg.pos.tolist())
     ]), atol=1e-5)
+
+
+def test_lm_factor_grams_multiply_to_the_exact_similarity():
+    from mi_tutor import attribution as at
+    from mi_tutor.models import random_gpt2
+
+    model = random_gpt2(n_layers=2, n_heads=2, d_model=32, seed=0)
+    torch.manual_seed(0)
+    tg = gr.lm_token_gradients(model, torch.randint(5, 500, (2, 10)), max_loss=1e9, max_tokens=8, k_side=8, batch=2)
+    gram = sum(d * x for d, x in tg.factor_grams.values())
+    d = gram.diagonal().sqrt()
+    torch.testing.assert_close((gram / d[:, None] / d[None]).float(), tg.exact_sim, atol=1e-5, rtol=0)
+    fr = at.factor_report(tg.factor_grams, 2, tg.token_ids.numpy())
+    assert sum(fr["layer share"].values()) == pytest.approx(1.0)
+    assert set(fr["r2"]) == {"output gradient delta only", "input activation x only", "product of the two"}
+    assert all(0 <= v <= 1 + 1e-9 for v in fr["r2"].values())
+
+
+# ------------------------------------------------------------------ notebook 06's baselines, reparametrisation, attribution
+
+def test_rank_one_gram_equals_inner_products_of_outer_products():
+    torch.manual_seed(0)
+    deltas, xs = torch.randn(6, 3), torch.randn(6, 4)
+    outer = torch.einsum("ti,tj->tij", deltas, xs).flatten(1)
+    torch.testing.assert_close(gr.rank_one_gram(deltas, xs), outer @ outer.T, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="agree on N"):
+        gr.rank_one_gram(deltas, xs[:5])
+
+
+def test_rank_one_gram_is_the_gram_of_a_linear_layers_per_example_gradients():
+    """For a bias-free linear layer on one position, vmap per-example gradients have Gram (dd^T)*(xx^T)."""
+    torch.manual_seed(1)
+    layer = nn.Linear(5, 3, bias=False)
+    X, y = torch.randn(7, 5), torch.randint(0, 3, (7,))
+    G = gr.per_example_grads(layer, X, y)
+    logits = (X @ layer.weight.detach().T)
+    deltas = logits.softmax(-1) - F.one_hot(y, 3).float()
+    torch.testing.assert_close(gr.rank_one_gram(deltas, X), G @ G.T, rtol=1e-4, atol=1e-5)
+
+
+def test_rotation_keeps_function_and_gradient_cosines_rescaling_keeps_only_the_function(small):
+    from mi_tutor import attribution as at
+
+    model, data = small
+    S0 = gr.cosine_matrix(gr.per_example_grads(model, data.tokens, data.targets))
+    d = model.q.in_features
+    for M, invariant in ((at.random_rotation(d, seed=3), True), (at.random_rescaling(d, seed=3), False)):
+        new = at.reparametrise(model, M)
+        with torch.no_grad():
+            torch.testing.assert_close(new(data.tokens), model(data.tokens), atol=1e-4, rtol=1e-4)
+        S1 = gr.cosine_matrix(gr.per_example_grads(new, data.tokens, data.targets))
+        change = float((S1 - S0).abs().max())
+        assert (change < 1e-4) if invariant else (change > 1e-2), (invariant, change)
+    rot = at.random_rotation(d, seed=3)
+    torch.testing.assert_close(rot @ rot.T, torch.eye(d), atol=1e-5, rtol=0)
+
+
+def test_baseline_table_scores_a_planted_structure():
+    from mi_tutor import attribution as at
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 20)
+    centres = rng.normal(size=(3, 8)) * 5
+    feats = torch.tensor(centres[truth] + rng.normal(size=(60, 8)), dtype=torch.float32)
+    noise = torch.tensor(rng.normal(size=(60, 8)), dtype=torch.float32)
+    reps = at.Representations({"planted": gr.angular_similarity(feats), "noise": gr.angular_similarity(noise)}, truth.copy())
+    rows = {r.name: r for r in at.baseline_table(reps, truth, truth, 3, 3, n_subsamples=3)}
+    assert rows["planted"].ari_task[0] > 0.9 and rows["noise"].ari_task[0] < 0.3
+    assert rows["predicted token (no clustering)"].ari_task == (1.0, 0.0)
+    assert "planted" in at.format_baselines(list(rows.values()), 3, 3)
+
+
+def test_best_single_coordinate_finds_the_informative_one():
+    from mi_tutor import attribution as at
+
+    labels = np.repeat(np.arange(3), 30)
+    acts = torch.randn(90, 5)
+    acts[:, 2] += torch.tensor(labels * 10.0)
+    j, acc = at.best_single_coordinate(acts, labels)
+    assert j == 2 and acc > 0.95
+
+
+def test_attribution_scores_and_top_influencer_shares():
+    from mi_tutor import attribution as at
+
+    torch.manual_seed(0)
+    phi_train = torch.randn(40, 6)
+    phi_test = phi_train[:5] + 0.01 * torch.randn(5, 6)
+    scores = at.attribution_scores(phi_train, phi_test, damping=1e-6)
+    assert scores.shape == (5, 40)
+    K = phi_train.T @ phi_train
+    torch.testing.assert_close(scores, phi_test @ torch.linalg.solve(K, phi_train.T), atol=1e-3, rtol=1e-3)
+    same = {"is itself": torch.eye(5, 40, dtype=torch.bool)}
+    res = at.top_influencers_agreement(10 * torch.eye(5, 40) + 0.1 * torch.rand(5, 40), 1, same)
+    assert res["is itself"][0] == 1.0 and res["is itself"][3] == pytest.approx(5 / 200)
+
+
+def test_input_overlap_counts_rows():
+    from mi_tutor import attribution as at
+
+    train = torch.tensor([[0, 1], [2, 3]])
+    assert at.input_overlap(torch.tensor([[0, 1], [1, 0], [2, 3], [0, 1]]), train) == 0.75
+
+
+def test_attribution_helpers_reject_mismatched_shapes(small):
+    from mi_tutor import attribution as at
+
+    model, _ = small
+    with pytest.raises(ValueError, match="share k"):
+        at.attribution_scores(torch.randn(5, 4), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="residual stream"):
+        at.reparametrise(model, torch.eye(3))
+    reps = at.Representations({"x": torch.eye(4)}, np.zeros(4, int))
+    with pytest.raises(ValueError, match="same N"):
+        at.baseline_table(reps, np.zeros(5, int), np.zeros(5, int), 2, 2)

@@ -219,3 +219,59 @@ def test_write_directions_fix_the_sign_ambiguity():
     torch.testing.assert_close(P.write_directions(spd), target.W[0].T)
     torch.testing.assert_close(P.read_directions(spd), torch.eye(5))
     assert math.isclose(float(A.feature_recovery(target.feature_directions(), P.write_directions(spd))), 1.0, rel_tol=1e-5)
+
+
+def test_stochastic_recon_loss_is_the_loss_spd_trains_on():
+    target = S.random_toy(5, 2, seed=0)
+    spd = P.SPDDecomposition(target, n_components=4, seed=1)
+    x = torch.rand(7, 5)
+    g, r = torch.rand(7, 4), torch.rand(7, 4)
+    _, out = spd.masked_forward(x, g + (1 - g) * r)
+    with torch.no_grad():
+        want = ((out - target(x)) ** 2).sum(-1).mean()
+        got = P.stochastic_recon_loss(spd.U, spd.V, target.b[0], x, g, r, target(x))
+    torch.testing.assert_close(got, want)
+    # with g = 1 everywhere the noise does not matter
+    with torch.no_grad():
+        ones = torch.ones(7, 4)
+        a = P.stochastic_recon_loss(spd.U, spd.V, target.b[0], x, ones, torch.rand(7, 4), target(x))
+        b = P.stochastic_recon_loss(spd.U, spd.V, target.b[0], x, ones, torch.rand(7, 4), target(x))
+    torch.testing.assert_close(a, b)
+
+
+def test_silenced_copy_keeps_h_and_switches_one_output_off():
+    model = S.random_toy(5, 2, seed=0)
+    sil = S.silenced_copy(model, 3)
+    x = torch.rand(20, 5)
+    torch.testing.assert_close(sil.hidden(x), model.hidden(x))
+    assert float(sil(x)[:, 3].abs().max()) == 0.0
+    torch.testing.assert_close(sil(x)[:, [0, 1, 2, 4]], model(x)[:, [0, 1, 2, 4]])
+    torch.testing.assert_close(S.readout_fn(model)(model.hidden(x)), model(x))
+    with pytest.raises(ValueError, match="feature"):
+        S.silenced_copy(model, 7)
+
+
+def test_end_to_end_sae_ignores_what_downstream_ignores():
+    """With a downstream map that reads only dimension 0, the e2e SAE need not reconstruct dimension 1."""
+    g0 = torch.Generator().manual_seed(0)
+    acts = lambda b, g: torch.randn(b, 2, generator=g).abs()
+    down = lambda h: h[..., :1]
+    e2e = A.train_sae(acts, 2, 4, l1_coeff=0.05, steps=300, lr=1e-2, batch=128, downstream=down).sae
+    plain = A.train_sae(acts, 2, 4, l1_coeff=0.05, steps=300, lr=1e-2, batch=128).sae
+    h = acts(2000, g0)
+    err = lambda s, dim: float(((s(h)[0] - h)[:, dim] ** 2).mean())
+    assert err(e2e, 0) < 0.05 and err(e2e, 1) > 3 * err(plain, 1)
+
+
+def test_shrinkage_rows_and_unused_feature_report():
+    target = S.train_toy(5, 2, 0.1, steps=150).model
+    sae_run = A.train_sae(lambda b, g: target.hidden(S.sample_features(b, 5, 0.1, g)), 2, 6, 0.05, steps=60, batch=64)
+    spd_run = P.train_spd(target, 0.1, n_components=6, steps=20, batch=64)
+    x = S.sample_features(512, 5, 0.1, torch.Generator().manual_seed(0))
+    table = P.compare_methods(target, sae_run, spd_run, x)
+    assert table["SAE"]["shrinkage"] == pytest.approx(A.shrinkage(sae_run.sae, target.feature_directions()))
+    assert 0 <= table["SPD"]["shrinkage"] < 3
+    rep = P.unused_feature_report(target, sae_run.sae, sae_run.sae, spd_run.spd, 0, x)
+    assert rep["output use (feature)"] > 0 and rep["SAE latent (feature)"] == rep["e2e-SAE latent (feature)"]
+    assert set(rep) == {"output use (feature)"} | {f"{n} ({w})" for n in ("SAE latent", "e2e-SAE latent", "SPD importance")
+                                                  for w in ("feature", "others")}

@@ -1,4 +1,4 @@
-"""Exercises of notebook 06 (gradient views): per-example gradients, random projection, adjusted Rand index."""
+"""Exercises of notebook 06 (gradient views): per-example gradients, random projection, the exact per-token Gram."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..gradients import adjusted_rand_index, random_projection
+from ..gradients import random_projection, rank_one_gram
 from .core import Exercise, Mistake, register
 
 NOTEBOOK = "06_gradient_views"
@@ -115,49 +115,61 @@ register(Exercise(
 ))
 
 
-# ---------------------------------------------------------------- adjusted Rand index
+# ---------------------------------------------------------------- the exact per-token Gram (rank-one trick)
 
-def _ari_cases(rng: np.random.Generator):
+def _gram_cases(rng: np.random.Generator):
     cases = []
-    for n, ka, kb, noise in ((30, 3, 3, 0.2), (50, 4, 6, 0.4), (40, 2, 5, 0.6), (25, 3, 3, 0.0)):
-        a = rng.integers(0, ka, n)
-        b = (rng.permutation(kb)[a % kb] if kb >= ka else a % kb).copy()
-        flip = rng.random(n) < noise
-        b[flip] = rng.integers(0, kb, flip.sum())
-        cases.append(((a, b), {}))
+    for n, d_out, d_in in ((5, 3, 4), (7, 6, 2), (4, 5, 5)):
+        deltas = torch.tensor(rng.normal(size=(n, d_out)), dtype=torch.float32)
+        xs = torch.tensor(rng.normal(size=(n, d_in)) + rng.normal(size=(1, d_in)), dtype=torch.float32)
+        cases.append(((deltas, xs), {}))
     return cases
 
 
-def _rand_index(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    same_a = a[:, None] == a[None, :]
-    same_b = b[:, None] == b[None, :]
-    iu = np.triu_indices(len(a), 1)
-    return float((same_a == same_b)[iu].mean())
+def _gram_matmul(deltas, xs):
+    return (deltas @ deltas.T) @ (xs @ xs.T)
 
 
-def _label_accuracy(a, b):
-    return float((np.asarray(a) == np.asarray(b)).mean())
+def _gram_sum(deltas, xs):
+    return deltas @ deltas.T + xs @ xs.T
+
+
+def _gram_x_only(deltas, xs):
+    return xs @ xs.T
+
+
+def _gram_delta_only(deltas, xs):
+    return deltas @ deltas.T
+
+
+def _gram_cosine(deltas, xs):
+    d = deltas / deltas.norm(dim=1, keepdim=True)
+    x = xs / xs.norm(dim=1, keepdim=True)
+    return (d @ d.T) * (x @ x.T)
 
 
 register(Exercise(
-    name="adjusted_rand_index",
+    name="per_token_gram",
     notebook=NOTEBOOK,
-    reference=adjusted_rand_index,
-    cases=_ari_cases,
+    reference=rank_one_gram,
+    cases=_gram_cases,
     hints=[
-        "Build the contingency table n_ij = number of points in cluster i of a and cluster j of b "
-        "(np.unique(..., return_inverse=True) then np.add.at).",
-        "Count pairs with comb2(x) = x (x - 1) / 2: index = sum comb2(n_ij); rows = sum comb2(a_i); "
-        "cols = sum comb2(b_j); total = comb2(N).",
-        "ARI = (index - expected) / (max - expected), with expected = rows * cols / total and "
-        "max = (rows + cols) / 2.",
+        "Token t's gradient is the outer product delta_t x_t^T. Write the Frobenius inner product of two of them "
+        "as a double sum over i, j: it splits into (sum_i delta_ti delta_si) times (sum_j x_tj x_sj).",
+        "Those two sums are the Gram matrices deltas @ deltas.T and xs @ xs.T, each [N, N].",
+        "Combine them ELEMENTWISE (*), not with a matrix product (@); return raw inner products, not cosines.",
     ],
     mistakes=[
-        Mistake("you returned the plain Rand index (fraction of pairs on which the labelings agree) without "
-                "adjusting for chance: random labelings score well above 0", _rand_index),
-        Mistake("you compared labels point by point (accuracy): cluster ids are arbitrary names, so compare "
-                "pairs of points instead", _label_accuracy),
+        Mistake("you multiplied the two Gram matrices with @ (a matrix product): the inner product of two outer "
+                "products is the elementwise product <delta_t, delta_s> * <x_t, x_s>", _gram_matmul),
+        Mistake("you added the two Gram matrices: the inner product of outer products is their (elementwise) "
+                "product, not their sum", _gram_sum),
+        Mistake("you returned only the input Gram xs @ xs.T: that is the activation similarity; the gradient "
+                "similarity multiplies it by the output-gradient Gram", _gram_x_only),
+        Mistake("you returned only the output-gradient Gram deltas @ deltas.T: multiply it, elementwise, by the "
+                "input Gram xs @ xs.T", _gram_delta_only),
+        Mistake("you normalised the rows (cosines): the task asks for the raw inner products, which is what sums "
+                "correctly over several layers", _gram_cosine),
     ],
-    rtol=1e-6, atol=1e-6,
+    rtol=1e-4, atol=1e-4,
 ))

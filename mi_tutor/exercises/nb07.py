@@ -1,12 +1,12 @@
 """Exercises of notebook 07 (decomposing activations vs parameters): the SAE loss, feature-recovery
-scoring, and SPD's causal-importance mask."""
+scoring, SPD's causal-importance mask and SPD's stochastic reconstruction loss."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from ..sae import feature_recovery, sae_loss
-from ..spd import causal_importance_mask
+from ..spd import causal_importance_mask, stochastic_recon_loss
 from .core import Exercise, Mistake, register
 
 NOTEBOOK = "07_parameter_vs_activation_decomposition"
@@ -164,4 +164,82 @@ register(Exercise(
         Mistake("you swapped g and 1 - g: the mask must be U(g, 1), i.e. g + (1 - g) * r", _mask_flipped),
         Mistake("you returned g itself as the mask: the mask is random, m ~ U(g, 1)", _mask_no_noise),
     ],
+))
+
+
+# ---------------------------------------------------------------- SPD's stochastic reconstruction loss
+
+def _recon_cases(rng: np.random.Generator):
+    cases = []
+    for C, m, n, B in ((4, 2, 3, 6), (6, 2, 5, 8), (5, 3, 4, 5)):
+        U = _t(rng.normal(size=(C, m)))
+        V = _t(rng.normal(size=(C, n)))
+        bias = _t(rng.normal(0, 0.3, size=n))
+        x = _t(rng.uniform(size=(B, n)) * (rng.random((B, n)) < 0.5))
+        g = _t(np.clip(rng.normal(0.5, 0.6, size=(B, C)), 0, 1))     # some exactly 0, some exactly 1
+        r = _t(rng.uniform(size=(B, C)))
+        W = rng.normal(size=(m, n))
+        target = _t(np.maximum(x.numpy() @ W.T @ W + bias.numpy(), 0))
+        cases.append(((U, V, bias, x, g, r, target), {}))
+    return cases
+
+
+def _recon_mask_once(U, V, bias, x, g, r, target_out):
+    mask = g + (1 - g) * r
+    h = ((x @ V.T) * mask) @ U
+    out = torch.relu((h @ U.T) @ V + bias)
+    return ((out - target_out) ** 2).sum(-1).mean()
+
+
+def _recon_u0g(U, V, bias, x, g, r, target_out):
+    mask = g * r
+    h = ((x @ V.T) * mask) @ U
+    out = torch.relu(((h @ U.T) * mask) @ V + bias)
+    return ((out - target_out) ** 2).sum(-1).mean()
+
+
+def _recon_mean_all(U, V, bias, x, g, r, target_out):
+    mask = g + (1 - g) * r
+    h = ((x @ V.T) * mask) @ U
+    out = torch.relu(((h @ U.T) * mask) @ V + bias)
+    return ((out - target_out) ** 2).mean()
+
+
+def _recon_g_mask(U, V, bias, x, g, r, target_out):
+    h = ((x @ V.T) * g) @ U
+    out = torch.relu(((h @ U.T) * g) @ V + bias)
+    return ((out - target_out) ** 2).sum(-1).mean()
+
+
+def _recon_no_relu(U, V, bias, x, g, r, target_out):
+    mask = g + (1 - g) * r
+    h = ((x @ V.T) * mask) @ U
+    out = ((h @ U.T) * mask) @ V + bias
+    return ((out - target_out) ** 2).sum(-1).mean()
+
+
+register(Exercise(
+    name="stochastic_recon_loss",
+    notebook=NOTEBOOK,
+    reference=stochastic_recon_loss,
+    cases=_recon_cases,
+    hints=[
+        "First the mask, m = g + (1 - g) * r: a sample of U(g, 1) per input and subcomponent, [B, C].",
+        "Encode: the inner activations x @ V.T are [B, C]; scale them by the mask and write with U: "
+        "h = ((x @ V.T) * m) @ U is [B, m].",
+        "Decode with the SAME subcomponents and the SAME mask (the weights are tied): "
+        "out = relu(((h @ U.T) * m) @ V + bias); then ((out - target_out) ** 2).sum(-1).mean().",
+    ],
+    mistakes=[
+        Mistake("you masked only the first use of the weights: the toy model is tied (W encodes and W^T decodes), "
+                "so each subcomponent's mask scales it in both uses", _recon_mask_once),
+        Mistake("you sampled the mask from U(0, g) (g * r): the mask lies between g and 1, so a subcomponent with "
+                "g = 1 is never ablated", _recon_u0g),
+        Mistake("you averaged the squared error over outputs too (F.mse_loss / .mean() over everything): sum over "
+                "outputs per input, then average over the batch", _recon_mean_all),
+        Mistake("you used g itself as the mask: the loss must hold for a RANDOM mask m ~ U(g, 1), that is what "
+                "makes a subcomponent with g = 0 ablatable by any amount", _recon_g_mask),
+        Mistake("you left out the output ReLU: the model's output is relu(W^T h + b)", _recon_no_relu),
+    ],
+    rtol=1e-4, atol=1e-5,
 ))

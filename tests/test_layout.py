@@ -21,7 +21,7 @@ LESSONS = {
     "03": {"ioi_circuit"},
     "04": {"successor", "successor_figures"},
     "05": {"ablation", "ablation_views"},
-    "06": {"gradients", "multitask", "data_attribution"},
+    "06": {"gradients", "multitask", "attribution"},
     "07": {"superposition", "sae", "spd"},
 }
 #: prompt sets shared by several lessons (03, 04, 05): data, not lessons

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fourier import W_L as readout_matrix
-from .fourier import fourier_basis, frequency_shares, n_freqs, sum_directions
+from .fourier import frequency_shares, n_freqs, sum_directions
 from .grokking import all_pairs, fast_forward, params_of
 
 # --------------------------------------------------------------------------------------
@@ -396,6 +395,6 @@ def spike_summary(steps: Sequence[int], train_loss: Sequence[float], weight_norm
 __all__ = [
     "embedding_circle", "plot_embedding_circle", "plot_neurons", "most_active_neurons", "readout_shares",
     "readout_key_frequencies", "plot_spectra", "pair_directions", "neuron_parts", "sum_difference_parts",
-    "plot_neuron_parts", "neuron_with_both_parts", "restricted_loss_logits", "logit_level_losses", "loss_precision", "scale_to_loss",
-    "spike_summary", "readout_matrix", "fourier_basis",
+    "plot_neuron_parts", "neuron_with_both_parts", "restricted_loss_logits", "logit_level_losses", "loss_precision",
+    "scale_to_loss", "spike_summary",
 ]

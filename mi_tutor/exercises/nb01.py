@@ -221,11 +221,6 @@ def _restricted_excluded(logits, directions, labels) -> float:
     return float(F.cross_entropy((logits - directions.T @ (directions @ logits)).double(), labels))
 
 
-def _restricted_class_mean(logits, directions, labels) -> float:
-    kept = logits.mean(1, keepdim=True) + directions.T @ (directions @ logits)
-    return float(F.cross_entropy(kept.double(), labels))
-
-
 def _restricted_cases(rng: np.random.Generator):
     cases = []
     for n, p, m in ((40, 7, 2), (60, 11, 4), (30, 5, 2)):
@@ -247,11 +242,10 @@ register(Exercise(
     cases=_restricted_cases,
     mistakes=[
         Mistake("you dropped the logits' mean over the inputs: the directions are orthogonal to the constant, so add "
-                "logits.mean(0, keepdim=True) back to the projected part", _restricted_no_mean),
+                "logits.mean(0, keepdim=True) back to the projected part (a mean over the classes, dim=1, changes no "
+                "softmax, so it counts as no mean)", _restricted_no_mean),
         Mistake("you removed the part along the directions and kept the rest: that is the excluded loss; the restricted "
                 "loss keeps only the mean and the part along the directions", _restricted_excluded),
-        Mistake("you took the mean over the classes (dim=1) instead of over the inputs (dim=0): a constant per input "
-                "changes no softmax, so that is the same as dropping the mean", _restricted_class_mean),
     ],
     hints=[
         "The part of the logits along orthonormal rows D is D.T @ (D @ logits), shape [N, p].",

@@ -359,7 +359,9 @@ def _train(cfg: GrokConfig, live: bool, progress: bool, on_checkpoint, keep_chec
 
     def step_fn(step: int) -> float:
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(fast_logits(model, train_tokens), train_labels)
+        # float64 log-softmax, as in the paper's code: in float32 the correct class's
+        # probability rounds to 1 once the loss nears 1e-7, and its gradient vanishes
+        loss = loss_fn(fast_logits(model, train_tokens), train_labels)
         loss.backward()
         opt.step()
         sched.step()
@@ -531,6 +533,8 @@ def describe_paper_run(run: GrokRun) -> str:
         f"test loss {h.last('test_loss'):.3g}",
         f"shipped checkpoints at steps {run.steps}",
     ]
+    if info.get("loss_dtype"):
+        lines.append(f"training loss computed in {info['loss_dtype']}")
     return "\n".join(lines)
 
 

@@ -72,6 +72,12 @@ def _fraction(coeffs, k):
     return block / (sq.sum(dim=(0, 1)) - sq[0, 0])
 
 
+def _restricted_logits(logits, directions, labels):
+    coeff = torch.einsum("mn,np->mp", directions, logits)
+    kept = logits.sum(0) / logits.shape[0] + torch.einsum("mn,mp->np", directions, coeff)
+    return F.nll_loss(torch.log_softmax(kept.to(torch.float64), dim=-1), labels).item()
+
+
 def _prev(pattern):
     seq = pattern.shape[-1]
     return torch.stack([pattern[..., q, q - 1] for q in range(1, seq)], dim=-1).mean(-1)
@@ -215,7 +221,8 @@ ALTERNATIVES = {
     "least_squares": _ls, "max_activating_inputs": _max_act, "mean_ablate_unit": _mean_unit,
     "ablation_costs": _costs,
     "fourier_basis": _fourier, "frequency_shares": _shares, "excluded_loss": _excluded,
-    "frequency_fraction": _fraction, "previous_token_score": _prev, "induction_score": _induction,
+    "frequency_fraction": _fraction, "restricted_loss_logits": _restricted_logits,
+    "previous_token_score": _prev, "induction_score": _induction,
     "k_composition_score": _kcomp, "in_context_learning_score": _icl, "logit_difference": _ld,
     "io_minus_s_attention": _io_s, "patch_head": _patch, "path_patched_query": _pp, "keep_circuit_heads": _keep,
     "successor_score": _succ, "ica_matrix": _ica, "mean_ablate_head": _mean_head, "attribution_estimate": _attr,
@@ -395,6 +402,18 @@ def _fourier_sin_first(p):
     return out
 
 
+def _restricted_centre_in_place(logits, directions, labels):
+    mean = logits.mean(0, keepdim=True)
+    logits -= mean  # centre first, but in the caller's tensor
+    kept = mean + directions.T @ (directions @ logits)
+    return float(F.cross_entropy(kept.double(), labels))
+
+
+def _restricted_projection_only(logits, directions, labels):
+    kept = directions.T @ (directions @ logits)
+    return float(F.cross_entropy(kept.double(), labels))
+
+
 def _ld_wrong_index(logits, io, s):
     return logits[:, -1][io][:, 0] - logits[:, -1][s][:, 0]
 
@@ -486,6 +505,8 @@ REALISTIC_WRONG = [
     ("ablation_costs", _costs_reusing_zeroed, "after it had been zeroed"),
     ("ablation_costs", _costs_mean_of_contribution, None),
     ("fourier_basis", _fourier_sin_first, None),
+    ("restricted_loss_logits", _restricted_centre_in_place, "in place"),
+    ("restricted_loss_logits", _restricted_projection_only, "mean over the inputs"),
     ("logit_difference", _ld_wrong_index, None),
     ("control_kl", _kl_batchmean, "reduction='batchmean'"),
     ("split_total_effect", _split_tuple, None),

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..fourier import excluded_loss_from_activations, fourier_basis, frequency_fraction, frequency_shares
+from ..fourier_circuit import restricted_loss_logits
 from .core import Exercise, Mistake, register
 
 NB = "01_grokking"
@@ -204,5 +205,51 @@ register(Exercise(
     hints=[
         "Frequency k lives at indices idx = [0, 2k-1, 2k] on each axis; coeffs[idx][:, idx] is a 3x3xn block.",
         "Square the coefficients. Both the block's sum and the total must leave out the mean, sq[0, 0].",
+    ],
+))
+
+
+# --- 5. the restricted loss on the logits (the paper's definition) ------------------------------
+
+
+def _restricted_no_mean(logits, directions, labels) -> float:
+    kept = directions.T @ (directions @ logits)
+    return float(F.cross_entropy(kept.double(), labels))
+
+
+def _restricted_excluded(logits, directions, labels) -> float:
+    return float(F.cross_entropy((logits - directions.T @ (directions @ logits)).double(), labels))
+
+
+def _restricted_cases(rng: np.random.Generator):
+    cases = []
+    for n, p, m in ((40, 7, 2), (60, 11, 4), (30, 5, 2)):
+        raw = np.concatenate([np.ones((n, 1)), rng.normal(size=(n, m))], axis=1)
+        q, _ = np.linalg.qr(raw)  # q[:, 0] is the constant: the other columns are orthogonal to it
+        logits = rng.normal(size=(n, p)) + 3 * rng.normal(size=(1, p))  # a large mean per class, as trained logits have
+        cases.append(((
+            torch.tensor(logits, dtype=torch.float32),
+            torch.tensor(q[:, 1:].T, dtype=torch.float32),
+            torch.tensor(rng.integers(0, p, size=n)),
+        ), {}))
+    return cases
+
+
+register(Exercise(
+    name="restricted_loss_logits",
+    notebook=NB,
+    reference=restricted_loss_logits,
+    cases=_restricted_cases,
+    mistakes=[
+        Mistake("you dropped the logits' mean over the inputs: the directions are orthogonal to the constant, so add "
+                "logits.mean(0, keepdim=True) back to the projected part (a mean over the classes, dim=1, changes no "
+                "softmax, so it counts as no mean)", _restricted_no_mean),
+        Mistake("you removed the part along the directions and kept the rest: that is the excluded loss; the restricted "
+                "loss keeps only the mean and the part along the directions", _restricted_excluded),
+    ],
+    hints=[
+        "The part of the logits along orthonormal rows D is D.T @ (D @ logits), shape [N, p].",
+        "Add back each logit's mean over the inputs, logits.mean(0, keepdim=True), into a new tensor (no in-place -=).",
+        "Return float(F.cross_entropy(kept.double(), labels)).",
     ],
 ))

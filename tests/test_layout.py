@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[1] / "mi_tutor"
 #: notebook -> the lesson modules it owns (a lesson may span two modules, which may import each other)
 LESSONS = {
     "00": {"blackbox", "blackbox_attribution", "history"},
-    "01": {"grokking", "fourier"},
+    "01": {"grokking", "fourier", "fourier_circuit"},
     "02": {"induction", "induction_lm"},
     "03": {"ioi_circuit"},
     "04": {"successor", "successor_figures"},

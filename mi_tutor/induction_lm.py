@@ -237,9 +237,20 @@ class AblationStudy:
         return "\n".join(lines)
 
 
+def mean_head_outputs(model, tokens: torch.Tensor, layers: Sequence[int], batch_size: int = 2) -> dict[int, torch.Tensor]:
+    """`patching.ablation_values(..., "mean", tokens)` computed `batch_size` sequences at a time (a whole
+    batch of long documents in one cached pass would hold all of its logits), shaped like hook_z of `tokens`."""
+    total: dict[int, torch.Tensor] = {}
+    for i in range(0, len(tokens), batch_size):
+        chunk = tokens[i: i + batch_size]
+        for l, v in ablation_values(model, chunk, "mean", chunk, layers=layers).items():
+            total[l] = total.get(l, 0) + v[0] * len(chunk)
+    return {l: (t / len(tokens)).expand(len(tokens), *t.shape).clone() for l, t in total.items()}
+
+
 def ablation_study(model, heads: dict[str, list[Head]], repeat: torch.Tensor, half_len: int, text: torch.Tensor,
                    early: int, late: int, halfwidth: int, clean_text_loss: torch.Tensor | None = None,
-                   batch_size: int = 2) -> AblationStudy:
+                   batch_size: int = 1) -> AblationStudy:
     """Mean-ablate each named set of heads (all at once) and re-measure the repeat loss and the ICL score.
 
     The mean is taken per position over the same distribution (the repeated sequences for the repeat
@@ -247,18 +258,18 @@ def ablation_study(model, heads: dict[str, list[Head]], repeat: torch.Tensor, ha
     """
     start = 1 if head_scores.token_range(model)[2] is not None else 0
     layers = sorted({l for hs in heads.values() for l, _ in hs})
-    rep_mean = ablation_values(model, repeat, "mean", repeat, layers=layers)
-    txt_mean = ablation_values(model, text, "mean", text, layers=layers)
+    rep_mean = mean_head_outputs(model, repeat, layers, batch_size=4)
+    txt_mean = mean_head_outputs(model, text, layers, batch_size)
 
     def second(loss):
         return loss[:, start + half_len: start + 2 * half_len - 1].mean(1)
 
     if clean_text_loss is None:
         clean_text_loss = loss_and_entropy(model, text, batch_size=batch_size)[0]
-    sc = {"clean": second(loss_and_entropy(model, repeat, batch_size=8)[0])}
+    sc = {"clean": second(loss_and_entropy(model, repeat, batch_size=4)[0])}
     icl = {"clean": icl_per_row(clean_text_loss, early, late, halfwidth)}
     for name, hs in heads.items():
-        sc[name] = second(loss_and_entropy(model, repeat, heads_replaced(hs, rep_mean), batch_size=8)[0])
+        sc[name] = second(loss_and_entropy(model, repeat, heads_replaced(hs, rep_mean), batch_size=4)[0])
         icl[name] = icl_per_row(loss_and_entropy(model, text, heads_replaced(hs, txt_mean), batch_size)[0],
                                 early, late, halfwidth)
     return AblationStudy(dict(heads), sc, icl)
@@ -267,5 +278,5 @@ def ablation_study(model, heads: dict[str, list[Head]], repeat: torch.Tensor, ha
 __all__ = [
     "GPT2_LITERATURE", "load_corpus", "text_windows", "loss_by_position", "literature_table", "plot_repeat_loss",
     "plot_icl", "repeated_tokens", "loss_and_entropy", "RepeatReading", "repeat_reading", "icl_per_row",
-    "control_heads", "AblationStudy", "ablation_study",
+    "control_heads", "AblationStudy", "mean_head_outputs", "ablation_study",
 ]

@@ -145,7 +145,7 @@ def repeated_tokens(model, n_seqs: int, half_len: int, seed: int = 0) -> torch.T
 
 @torch.no_grad()
 def loss_and_entropy(model, tokens: torch.Tensor, patches: Sequence[Patch] = (),
-                     batch_size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+                     batch_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss and predictive entropy ``[n, seq-1]`` (column p predicts token p+1), with `patches` applied.
 
     Patch values cover all `tokens` (batch first); they are sliced batch by batch, so that only
@@ -258,7 +258,7 @@ def ablation_study(model, heads: dict[str, list[Head]], repeat: torch.Tensor, ha
     """
     start = 1 if head_scores.token_range(model)[2] is not None else 0
     layers = sorted({l for hs in heads.values() for l, _ in hs})
-    rep_mean = mean_head_outputs(model, repeat, layers, batch_size=4)
+    rep_mean = mean_head_outputs(model, repeat, layers, batch_size=2)
     txt_mean = mean_head_outputs(model, text, layers, batch_size)
 
     def second(loss):
@@ -266,10 +266,10 @@ def ablation_study(model, heads: dict[str, list[Head]], repeat: torch.Tensor, ha
 
     if clean_text_loss is None:
         clean_text_loss = loss_and_entropy(model, text, batch_size=batch_size)[0]
-    sc = {"clean": second(loss_and_entropy(model, repeat, batch_size=4)[0])}
+    sc = {"clean": second(loss_and_entropy(model, repeat, batch_size=2)[0])}
     icl = {"clean": icl_per_row(clean_text_loss, early, late, halfwidth)}
     for name, hs in heads.items():
-        sc[name] = second(loss_and_entropy(model, repeat, heads_replaced(hs, rep_mean), batch_size=4)[0])
+        sc[name] = second(loss_and_entropy(model, repeat, heads_replaced(hs, rep_mean), batch_size=2)[0])
         icl[name] = icl_per_row(loss_and_entropy(model, text, heads_replaced(hs, txt_mean), batch_size)[0],
                                 early, late, halfwidth)
     return AblationStudy(dict(heads), sc, icl)

@@ -145,11 +145,11 @@ def repeated_tokens(model, n_seqs: int, half_len: int, seed: int = 0) -> torch.T
 
 @torch.no_grad()
 def loss_and_entropy(model, tokens: torch.Tensor, patches: Sequence[Patch] = (),
-                     batch_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+                     batch_size: int = 2, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token loss and predictive entropy ``[n, seq-1]`` (column p predicts token p+1), with `patches` applied.
 
     Patch values cover all `tokens` (batch first); they are sliced batch by batch, so that only
-    ``batch_size`` sequences of logits are held at once.
+    ``batch_size`` sequences of logits are held at once. ``entropy=False`` skips the entropy (returns None).
     """
     losses, ents = [], []
     for i in range(0, len(tokens), batch_size):
@@ -159,8 +159,10 @@ def loss_and_entropy(model, tokens: torch.Tensor, patches: Sequence[Patch] = (),
         logits = run_patched(model, batch, ps) if ps else model(batch)
         logp = logits[:, :-1].float().log_softmax(-1)
         losses.append(-logp.gather(-1, batch[:, 1:, None]).squeeze(-1))
-        ents.append(-(logp.exp() * logp).sum(-1))
-    return torch.cat(losses), torch.cat(ents)
+        if entropy:
+            ents.append(-(logp.exp() * logp).sum(-1))
+        del logits, logp
+    return torch.cat(losses), (torch.cat(ents) if entropy else None)
 
 
 @dataclass
@@ -265,12 +267,12 @@ def ablation_study(model, heads: dict[str, list[Head]], repeat: torch.Tensor, ha
         return loss[:, start + half_len: start + 2 * half_len - 1].mean(1)
 
     if clean_text_loss is None:
-        clean_text_loss = loss_and_entropy(model, text, batch_size=batch_size)[0]
-    sc = {"clean": second(loss_and_entropy(model, repeat, batch_size=2)[0])}
+        clean_text_loss = loss_and_entropy(model, text, batch_size=batch_size, entropy=False)[0]
+    sc = {"clean": second(loss_and_entropy(model, repeat, entropy=False)[0])}
     icl = {"clean": icl_per_row(clean_text_loss, early, late, halfwidth)}
     for name, hs in heads.items():
-        sc[name] = second(loss_and_entropy(model, repeat, heads_replaced(hs, rep_mean), batch_size=2)[0])
-        icl[name] = icl_per_row(loss_and_entropy(model, text, heads_replaced(hs, txt_mean), batch_size)[0],
+        sc[name] = second(loss_and_entropy(model, repeat, heads_replaced(hs, rep_mean), entropy=False)[0])
+        icl[name] = icl_per_row(loss_and_entropy(model, text, heads_replaced(hs, txt_mean), batch_size, False)[0],
                                 early, late, halfwidth)
     return AblationStudy(dict(heads), sc, icl)
 

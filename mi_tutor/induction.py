@@ -406,9 +406,106 @@ def ablation_experiment(model, circuit: Circuit, tokens: torch.Tensor, half_len:
     return dict(zip(["clean", "ablated", "ablated + keys restored", "ablated + queries restored"], score))
 
 
+# --------------------------------------------------------------------------------------
+# The circuit in the weights
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class WeightCircuits:
+    """The circuit read from the weights alone (token-embedding and positional paths; no biases).
+
+    ``full_ov``: the induction head's ``W_E W_OV W_U`` [vocab, vocab]; ``positional``: the
+    previous-token head's positional pattern [n_ctx, n_ctx]; ``k_circuit``: the K-composition
+    virtual weights previous-token head -> induction head [vocab, vocab]. The ``*_top1`` tensors
+    hold the same top-1 reading for every candidate head, so the circuit's heads can be compared.
+    """
+
+    full_ov: torch.Tensor
+    positional: torch.Tensor
+    k_circuit: torch.Tensor
+    ov_top1: torch.Tensor  # [n_heads of the last layer]: share of tokens copied at top-1
+    previous_top1: torch.Tensor  # [n_heads of layer 0]: share of positions attending most to q-1
+    k_top1: torch.Tensor  # [n_heads of layer 0]: share of query tokens whose top key token is themselves
+
+
+@torch.no_grad()
+def weight_circuits(model, circuit: Circuit) -> WeightCircuits:
+    """Full OV circuit, positional QK pattern and K-composition virtual weights of `circuit` (Elhage et al. 2021)."""
+    w = head_scores.head_weights(model)
+    (l0, h0), (l1, h1) = circuit.previous_token_head, circuit.induction_head
+    heads = range(model.cfg.n_heads)
+    ov = [head_scores.full_ov_circuit(w, l1, h) for h in heads]
+    pos = [head_scores.positional_qk_pattern(model, l0, h) for h in heads]
+    kc = [head_scores.k_composition_circuit(w, (l0, h), (l1, h1)) for h in heads]
+    top = head_scores.diagonal_top1
+    return WeightCircuits(ov[h1], pos[h0], kc[h0], torch.tensor([top(m) for m in ov]),
+                          torch.tensor([top(m, -1) for m in pos]), torch.tensor([top(m) for m in kc]))
+
+
+def plot_weight_circuits(wc: WeightCircuits, circuit: Circuit):
+    """Three matrices that should look like (shifted) identities if the circuit is an induction circuit."""
+    import matplotlib.pyplot as plt
+
+    (l0, h0), (l1, h1) = circuit.previous_token_head, circuit.induction_head
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
+    panels = [(wc.full_ov, f"full OV circuit of L{l1}H{h1}\n$W_E W_{{OV}} W_U$", "logit of output token", "attended token"),
+              (wc.positional, f"positional QK pattern of L{l0}H{h0}\nsoftmax($W_{{pos}} W_{{QK}} W_{{pos}}^T$)",
+               "key position", "query position"),
+              (wc.k_circuit, f"K-composition L{l0}H{h0} -> L{l1}H{h1}\n$W_E W_{{QK}} (W_E W_{{OV}})^T$",
+               "token moved into the key by L" + f"{l0}H{h0}", "query token")]
+    for k, (ax, (m, title, xl, yl)) in enumerate(zip(axes, panels)):
+        m = m.float() if k == 1 else m.float() - m.float().mean(-1, keepdim=True)  # OV/K rows: relative to their mean
+        lim = 1.0 if k == 1 else float(m.abs().quantile(0.99))
+        im = ax.imshow(m, cmap="Blues" if k == 1 else "RdBu_r", vmin=0 if k == 1 else -lim, vmax=lim)
+        ax.set(title=title, xlabel=xl, ylabel=yl)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return finish(fig)
+
+
+# --------------------------------------------------------------------------------------
+# Hooks, written out (what `ablation_experiment` does inside the engine)
+# --------------------------------------------------------------------------------------
+
+
+def mean_ablation_hook(z: torch.Tensor, hook: Any, head: int, mean_z: torch.Tensor) -> torch.Tensor:
+    """A hook on ``hook_z``: a new tensor whose `head` output is its mean ``mean_z[:, head]`` ([pos, head, d_head])."""
+    out = z.clone()
+    out[:, :, head] = mean_z[:, head]
+    return out
+
+
+def restore_keys_hook(k: torch.Tensor, hook: Any, head: int, clean_k: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """A hook on ``hook_k``: a new tensor whose keys for query head `head` are the clean run's.
+
+    ``k`` is ``[batch, pos, n_kv_heads, d_head]``; with grouped-query attention, query head h reads
+    key/value head ``h // (n_heads // n_kv_heads)``.
+    """
+    out = k.clone()
+    kv = head // (n_heads // k.shape[2])
+    out[:, :, kv] = clean_k[:, :, kv]
+    return out
+
+
+@torch.no_grad()
+def induction_score_with_hooks(model, tokens: torch.Tensor, half_len: int, head: tuple[int, int],
+                               fwd_hooks: list) -> float:
+    """Induction score of `head` in one run with `fwd_hooks` (``[(hook name, fn)]``) applied."""
+    layer, h = head
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(pattern, hook):
+        seen["p"] = pattern[:, h].detach().clone()
+
+    model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks) + [(hook_name(layer, "pattern"), keep)])
+    return head_scores.induction_score(seen["p"], half_len).mean().item()
+
+
 __all__ = [
     "TaskConfig", "make_batch", "split_loss", "RunConfig", "Run", "probe_tokens", "train_induction",
-    "PhaseChange", "phase_change", "Circuit", "find_circuit", "ablation_experiment",
+    "PhaseChange", "phase_change", "Circuit", "find_circuit", "ablation_experiment", "WeightCircuits",
+    "weight_circuits", "plot_weight_circuits", "mean_ablation_hook", "restore_keys_hook", "induction_score_with_hooks",
 ]
 
 
@@ -510,60 +607,8 @@ def plot_head(pattern: torch.Tensor, labels: list[str], scores: head_scores.Head
 
 
 # --------------------------------------------------------------------------------------
-# Pretrained language models
+# Heads of any model, for the explorer (the pretrained-model part lives in `induction_lm`)
 # --------------------------------------------------------------------------------------
-
-#: Heads the literature names in GPT-2 small, as (layer, head). Quoted, not computed.
-GPT2_LITERATURE = {
-    "induction, tutorial sweep [secondary source]": [(5, 1), (5, 5), (6, 9), (7, 2), (7, 10)],
-    "induction, IOI paper (Wang et al. 2022)": [(5, 5), (6, 9)],
-    "previous token, IOI paper (Wang et al. 2022)": [(2, 2), (4, 11)],
-}
-
-CORPUS_DIR = __import__("pathlib").Path(__file__).resolve().parent / "data" / "corpus"
-DOC_SEPARATOR = "<<<END OF DOCUMENT>>>"
-
-
-def load_corpus(name: str = "python_reference.txt") -> list[str]:
-    """The offline natural-text corpus shipped with mi_tutor (see data/corpus/SOURCES.md)."""
-    path = CORPUS_DIR / name
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: reinstall mi_tutor (the corpus ships as package data)")
-    return [d.strip() for d in path.read_text().split(DOC_SEPARATOR) if d.strip()]
-
-
-def text_windows(model, n_ctx: int, max_windows: int = 10) -> torch.Tensor:
-    """``[n, n_ctx]`` token windows of natural text, BOS first (when the model has one).
-
-    Window i is the opening of corpus document i (the first ``n_ctx - 1`` tokens), so the
-    windows cover different topics; documents shorter than that are skipped.
-    """
-    bos = head_scores.token_range(model)[2]
-    body = n_ctx - (1 if bos is not None else 0)
-    rows = []
-    for doc in load_corpus():
-        toks = model.to_tokens(doc, prepend_bos=False)[0]
-        if len(toks) < body:
-            continue
-        chunk = toks[:body]
-        if bos is not None:
-            chunk = torch.cat([torch.tensor([bos], dtype=chunk.dtype), chunk])
-        rows.append(chunk)
-        if len(rows) == max_windows:
-            break
-    if not rows:
-        raise ValueError(f"no corpus document is {n_ctx} tokens long; lower n_ctx")
-    return torch.stack(rows)
-
-
-@torch.no_grad()
-def loss_by_position(model, tokens: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
-    """Per-token loss ``[n, seq-1]`` (column p = loss of predicting token p+1), in batches."""
-    out = []
-    for i in range(0, len(tokens), batch_size):
-        batch = tokens[i: i + batch_size]
-        out.append(head_scores.per_token_loss(model(batch), batch))
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -579,62 +624,6 @@ def token_labels(model, tokens: torch.Tensor) -> list[str]:
     if getattr(model, "tokenizer", None) is None:
         return [str(int(t)) for t in tokens]
     return [model.tokenizer.decode([int(t)]).replace("\n", "\\n") for t in tokens]
-
-
-def literature_table(scores: head_scores.HeadScores) -> list[tuple[str, str, float, int]]:
-    """For GPT-2 small: (source, head, our induction or previous-token score, its rank among all heads)."""
-    rows = []
-    for source, heads in GPT2_LITERATURE.items():
-        kind = "previous_token" if source.startswith("previous") else "induction"
-        s = getattr(scores, kind)
-        order = s.flatten().argsort(descending=True).tolist()
-        for l, h in heads:
-            rank = order.index(l * s.shape[1] + h) + 1
-            rows.append((source, f"{l}.{h}", float(s[l, h]), rank))
-    return rows
-
-
-def plot_repeat_loss(scores: head_scores.HeadScores, title: str = ""):
-    """Per-token loss along a repeated random sequence: high on the first copy, low on the second."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3))
-    lp = scores.loss_by_position.numpy()
-    pos = np.arange(1, len(lp) + 1)  # predicted token index
-    ax.plot(pos, lp, marker=".", lw=1)
-    s, L = scores.start, scores.half_len
-    ax.axvspan(s + L - 0.5, s + 2 * L - 0.5, color="tab:green", alpha=0.12, label="second copy")
-    first, second = scores.first_vs_second_repeat_loss()
-    ax.hlines(first, s + 1, s + L - 1, color="tab:red", label=f"mean, first copy: {first:.2f}")
-    ax.hlines(second, s + L + 1, s + 2 * L - 1, color="tab:green", label=f"mean, second copy: {second:.2f}")
-    ax.set_xlabel("token index in the sequence")
-    ax.set_ylabel("loss (nats)")
-    ax.set_title(title or "loss on repeated random tokens", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return finish(fig)
-
-
-def plot_icl(loss: torch.Tensor, early: int, late: int, halfwidth: int, title: str = ""):
-    """Mean per-token loss against position on natural text, with the two ICL windows marked."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3))
-    mean = loss.float().mean(0).numpy()
-    k = 9
-    smooth = np.convolve(mean, np.ones(k) / k, mode="valid")
-    ax.plot(np.arange(len(mean)), mean, color="lightgrey", lw=0.8, label="mean over documents")
-    ax.plot(np.arange(k // 2, k // 2 + len(smooth)), smooth, lw=1.5, label=f"moving average ({k} tokens)")
-    for c, lab in ((early, "early"), (late, "late")):
-        ax.axvspan(c - halfwidth, c + halfwidth, color="tab:orange", alpha=0.25)
-        ax.text(c, ax.get_ylim()[1] * 0.95, lab, ha="center", fontsize=8)
-    ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlabel("token index (log scale)")
-    ax.set_ylabel("loss (nats)")
-    ax.set_title(title or "loss falls as the context grows", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return finish(fig)
 
 
 def plot_score_maps(scores: head_scores.HeadScores, title: str = "", names=("previous_token", "induction", "duplicate_token")):

@@ -97,6 +97,18 @@ def _icl(loss, early=50, late=500, halfwidth=5):
     return float(loss[:, late - w:late + w + 1].mean() - loss[:, early - w:early + w + 1].mean())
 
 
+def _mean_hook(z, hook, head, mean_z):
+    keep = torch.ones(z.shape[2], 1)
+    keep[head] = 0
+    return z * keep + mean_z[None] * (1 - keep)
+
+
+def _restore_hook(k, hook, head, clean_k, n_heads):
+    group = n_heads // k.shape[2]
+    parts = [clean_k[:, :, i:i + 1] if i == head // group else k[:, :, i:i + 1] for i in range(k.shape[2])]
+    return torch.cat(parts, dim=2)
+
+
 def _ld(logits, io, s):
     last = logits[:, -1, :]
     return last.gather(1, io[:, None]).squeeze(1) - last.gather(1, s[:, None]).squeeze(1)
@@ -223,7 +235,8 @@ ALTERNATIVES = {
     "fourier_basis": _fourier, "frequency_shares": _shares, "excluded_loss": _excluded,
     "frequency_fraction": _fraction, "restricted_loss_logits": _restricted_logits,
     "previous_token_score": _prev, "induction_score": _induction,
-    "k_composition_score": _kcomp, "in_context_learning_score": _icl, "logit_difference": _ld,
+    "k_composition_score": _kcomp, "in_context_learning_score": _icl, "mean_ablation_hook": _mean_hook,
+    "restore_keys_hook": _restore_hook, "logit_difference": _ld,
     "io_minus_s_attention": _io_s, "patch_head": _patch, "path_patched_query": _pp, "keep_circuit_heads": _keep,
     "successor_score": _succ, "ica_matrix": _ica, "mean_ablate_head": _mean_head, "attribution_estimate": _attr,
     "resample_ablate_head": _resample, "control_kl": _kl, "split_total_effect": _split, "covariation_scores": _cov,
@@ -288,6 +301,16 @@ def _inplace_costs(hidden, w_out, b_out, target, unit):
     return torch.stack([zero, ((hidden @ w_out + b_out - target) ** 2).mean() - intact])
 
 
+def _inplace_mean_hook(z, hook, head, mean_z):
+    z[:, :, head] = mean_z[:, head]  # TransformerLens accepts this (a hook may edit in place), the task does not
+    return z
+
+
+def _inplace_restore(k, hook, head, clean_k, n_heads):
+    kv = head // (n_heads // k.shape[2])
+    k[:, :, kv] = clean_k[:, :, kv]
+
+
 def _inplace_patch(z, z_source, head):
     z[:, :, head] = z_source[:, :, head]
     return z
@@ -308,7 +331,8 @@ def _inplace_resample(z, head, perm):
     return z
 
 
-COPY_TASKS = {"mean_ablate_unit": (_inplace_mean_unit, "hidden"), "patch_head": (_inplace_patch, "z"),
+COPY_TASKS = {"mean_ablate_unit": (_inplace_mean_unit, "hidden"), "mean_ablation_hook": (_inplace_mean_hook, "z"),
+              "restore_keys_hook": (_inplace_restore, "k"), "patch_head": (_inplace_patch, "z"),
               "keep_circuit_heads": (_inplace_keep, "z"), "mean_ablate_head": (_inplace_mean_head, "z"),
               "resample_ablate_head": (_inplace_resample, "z")}
 
@@ -436,6 +460,18 @@ def _induction_off_by_one(pattern, half_len, start=0):
     return pattern[..., q, q - half_len].mean(-1)
 
 
+def _mean_hook_zero_all_positions(z, hook, head, mean_z):
+    out = z.clone()
+    out[..., head, :] = torch.zeros_like(out[..., head, :])
+    return out
+
+
+def _restore_query_index(k, hook, head, clean_k, n_heads):
+    out = k.clone()
+    out[:, :, head] = clean_k[:, :, head]  # the query-head index on the key/value axis: IndexError with GQA
+    return out
+
+
 def _mse_loss(h, h_hat, z, l1_coeff):
     return F.mse_loss(h_hat, h) + l1_coeff * z.abs().sum(-1).mean()
 
@@ -512,6 +548,8 @@ REALISTIC_WRONG = [
     ("split_total_effect", _split_tuple, None),
     ("random_projection", _proj_numpy_rng, None),
     ("induction_score", _induction_off_by_one, "duplicate-token"),
+    ("mean_ablation_hook", _mean_hook_zero_all_positions, "zero-ablated"),
+    ("restore_keys_hook", _restore_query_index, None),
     ("sae_loss", _mse_loss, "F.mse_loss"),
     ("per_example_grads", _grads_times_n, None),
     ("previous_token_score", _prev_sum, None),

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from mi_tutor import induction
+import functools
+
+from mi_tutor import induction, induction_lm
 from mi_tutor.lab import scores
 
 
@@ -125,6 +127,112 @@ def test_icl_score_sign_convention():
     assert s < 0 and s == pytest.approx(float(loss[0, 90] - loss[0, 10]), rel=1e-5)
     with pytest.raises(ValueError):
         scores.in_context_learning_score(loss, early=10, late=99, halfwidth=3)
+
+
+# ------------------------------------------------------------------ circuits in the weights
+
+def test_full_ov_and_k_composition_circuits_of_built_heads():
+    """Hand-built weights: an identity OV copies, and a QK that matches the token the earlier head moved is diagonal."""
+    d, vocab = 16, 16
+    eye = torch.eye(d)
+    w = scores.HeadWeights(W_Q=torch.stack([torch.stack([eye]), torch.stack([eye])]),
+                           W_K=torch.stack([torch.stack([eye]), torch.stack([eye])]),
+                           W_V=torch.stack([torch.stack([eye]), torch.stack([-eye])]),
+                           W_O=torch.stack([torch.stack([eye]), torch.stack([eye])]), W_E=eye, W_U=eye)
+    assert scores.diagonal_top1(scores.full_ov_circuit(w, 0, 0)) == 1.0
+    assert scores.diagonal_top1(scores.full_ov_circuit(w, 1, 0)) == 0.0  # -identity: anti-copying
+    kc = scores.k_composition_circuit(w, (0, 0), (1, 0))
+    assert kc.shape == (vocab, vocab) and scores.diagonal_top1(kc) == 1.0
+    with pytest.raises(ValueError, match="lower layer"):
+        scores.k_composition_circuit(w, (1, 0), (0, 0))
+    shifted = torch.eye(5).roll(-1, dims=1)  # row i peaks at column i-1 (a previous-token pattern)
+    assert scores.diagonal_top1(shifted, -1) == 1.0 and scores.diagonal_top1(shifted, 0) == 0.0
+
+
+def test_positional_qk_pattern_is_causal_and_refuses_rotary_models(smollm2):
+    from mi_tutor.models import attn_only_model
+
+    model = attn_only_model(n_layers=1, d_model=16, n_heads=2, d_vocab=8, n_ctx=10, seed=0)
+    pat = scores.positional_qk_pattern(model, 0, 1)
+    assert pat.shape == (10, 10)
+    assert torch.allclose(pat.sum(-1), torch.ones(10)) and (pat.triu(1) == 0).all()
+    with pytest.raises(ValueError, match="learned positional embeddings"):
+        scores.positional_qk_pattern(smollm2, 0, 0)
+
+
+def test_the_notebook_hooks_equal_the_engine_on_a_toy_model():
+    from mi_tutor.lab import hooks, patching
+
+    model = _perturbed_toy(2)
+    tokens = scores.random_repeated_tokens(6, 8, 0, 24, seed=3)
+    fake = induction.Circuit((0, 1), (1, 2), 0.0, 0.0, 0.0, torch.zeros(2, 4), torch.zeros(4, 4), 0.0, 0.0)
+    engine = induction.ablation_experiment(model, fake, tokens, 8)
+    mean_z = patching.ablation_values(model, tokens, "mean", tokens, layers=[0])[0][0]
+    clean_k = hooks.activations(model, tokens, [hooks.hook_name(1, "k")])[hooks.hook_name(1, "k")]
+    ablate = (hooks.hook_name(0, "z"), functools.partial(induction.mean_ablation_hook, head=1, mean_z=mean_z))
+    restore = (hooks.hook_name(1, "k"), functools.partial(induction.restore_keys_hook, head=2, clean_k=clean_k, n_heads=4))
+    for name, fwd in {"clean": [], "ablated": [ablate], "ablated + keys restored": [ablate, restore]}.items():
+        assert induction.induction_score_with_hooks(model, tokens, 8, (1, 2), fwd) == pytest.approx(engine[name], abs=1e-5)
+    assert engine["ablated"] != pytest.approx(engine["clean"], abs=1e-3)  # the ablation changed something
+
+
+def test_restore_keys_hook_maps_query_heads_to_their_kv_group():
+    k, clean = torch.zeros(1, 2, 3, 4), torch.ones(1, 2, 3, 4)
+    out = induction.restore_keys_hook(k, None, head=5, clean_k=clean, n_heads=9)  # group of 3: kv head 1
+    assert out[:, :, 1].eq(1).all() and out[:, :, [0, 2]].eq(0).all() and k.eq(0).all()
+
+
+@pytest.mark.slow
+def test_weight_circuits_of_the_notebook_run_show_the_circuit():
+    run = induction.train_induction(induction.RunConfig(seed=0, n_steps=500), live=False, progress=False)
+    circuit = induction.find_circuit(run.model, run.scores())
+    wc = induction.weight_circuits(run.model, circuit)
+    (_, h0), (_, h1) = circuit.previous_token_head, circuit.induction_head
+    assert int(wc.k_top1.argmax()) == h0 and wc.k_top1[h0] > 0.5
+    assert int(wc.previous_top1.argmax()) == h0
+    assert wc.ov_top1[h1] > 10 / run.config.task.d_vocab
+    assert induction.plot_weight_circuits(wc, circuit) is not None
+
+
+# ------------------------------------------------------------------ the pretrained model: readings and ablation
+
+def test_repeat_reading_windows():
+    loss = torch.arange(9.0)[None].repeat(2, 1)  # column p predicts token p+1; BOS at 0, copies at 1-4 and 5-8
+    r = induction_lm.repeat_reading(loss, torch.zeros_like(loss), half_len=4, start=1, vocab=100, onset=1)
+    assert r.first == pytest.approx((1 + 2 + 3) / 3) and r.second == pytest.approx((5 + 6 + 7) / 3)
+    assert r.second_onset == 5 and r.second_rest == pytest.approx(6.5) and r.uniform == pytest.approx(math.log(100))
+
+
+def test_icl_per_row_averages_to_the_icl_score():
+    loss = torch.rand(5, 60, generator=torch.Generator().manual_seed(0))
+    rows = induction_lm.icl_per_row(loss, 10, 50, 3)
+    assert rows.shape == (5,)
+    assert rows.mean().item() == pytest.approx(scores.in_context_learning_score(loss, 10, 50, 3), abs=1e-6)
+
+
+def test_control_heads_are_low_induction_seeded_and_distinct():
+    ind = torch.arange(20.0).reshape(4, 5)
+    a, b = induction_lm.control_heads(ind, 4, seed=0), induction_lm.control_heads(ind, 4, seed=0)
+    assert a == b and len(set(a)) == 4 and all(float(ind[h]) < float(ind.median()) for h in a)
+
+
+def test_ablating_smollm2_top_induction_heads_hurts_the_repeat_more_than_a_control(smollm2):
+    s = scores.score_all_heads(smollm2, half_len=15, n_seqs=4, batch_size=4, seed=0)
+    rep = induction_lm.repeated_tokens(smollm2, 8, 15, seed=1)
+    text = induction_lm.text_windows(smollm2, n_ctx=48, max_windows=3)
+    study = induction_lm.ablation_study(smollm2, {"top": s.top("induction", 5),
+                                                  "control": induction_lm.control_heads(s.induction, 5)},
+                                        rep, 15, text, early=5, late=40, halfwidth=2)
+    assert set(study.second_copy) == {"clean", "top", "control"} and study.icl["top"].shape == (3,)
+    assert study.change("top").low > study.change("control").high
+    assert "bootstrap over 8 repeated sequences and 3 documents" in study.summary()
+
+
+def test_loss_and_entropy_with_no_patch_equals_the_plain_loss(smollm2):
+    rep = induction_lm.repeated_tokens(smollm2, 3, 6, seed=0)
+    loss, ent = induction_lm.loss_and_entropy(smollm2, rep, batch_size=2)
+    assert torch.allclose(loss, scores.per_token_loss(smollm2(rep), rep), atol=1e-4)
+    assert (ent >= 0).all() and (ent <= math.log(smollm2.cfg.d_vocab) + 1e-3).all()
 
 
 # ------------------------------------------------------------------ any architecture
@@ -261,3 +369,13 @@ def test_one_layer_model_stays_below_the_induction_circuit():
     scores = run.scores()
     assert float(scores.induction.max()) < 0.3
     assert run.history.last("loss_repeated") > 2.0  # copying seen tokens helps a little, induction would reach ~0.2
+
+
+def test_mean_head_outputs_in_batches_equal_one_pass():
+    from mi_tutor.lab import patching
+
+    model = _perturbed_toy(2)
+    tokens = scores.random_repeated_tokens(5, 6, 0, 24, seed=4)
+    one = patching.ablation_values(model, tokens, "mean", tokens, layers=[0, 1])
+    batched = induction_lm.mean_head_outputs(model, tokens, [0, 1], batch_size=2)
+    assert all(torch.allclose(one[l], batched[l], atol=1e-6) for l in (0, 1)) and batched[0].shape == one[0].shape

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import induction
 from ..lab import scores
 from .core import Exercise, Mistake, register
 
@@ -209,5 +210,103 @@ register(Exercise(
         Mistake("you ignored `halfwidth`: average a window of 2*halfwidth+1 tokens around each index",
                 _icl_no_window),
         Mistake("your windows stop one token short: the slice end must be index + halfwidth + 1", _icl_half_open),
+    ],
+))
+
+
+# ---------------------------------------------------------------- hooks: mean ablation and key restoring
+
+def _z(rng, *shape):
+    return torch.as_tensor(rng.normal(size=shape), dtype=torch.float32)
+
+
+def _mean_hook_cases(rng):
+    out = []
+    for b, p, h, d in [(3, 5, 4, 2), (2, 7, 3, 4), (4, 3, 6, 3)]:
+        out.append(((_z(rng, b, p, h, d), None, int(rng.integers(h)), _z(rng, p, h, d)), {}))
+    return out
+
+
+def _mean_hook_zero(z, hook, head, mean_z):
+    out = z.clone()
+    out[:, :, head] = 0
+    return out
+
+
+def _mean_hook_batch(z, hook, head, mean_z):
+    out = z.clone()
+    out[:, :, head] = z[:, :, head].mean(0)
+    return out
+
+
+def _mean_hook_all(z, hook, head, mean_z):
+    return mean_z.expand_as(z).clone()
+
+
+def _mean_hook_positions(z, hook, head, mean_z):
+    out = z.clone()
+    out[:, :, head] = mean_z[:, head].mean(0)
+    return out
+
+
+register(Exercise(
+    name="mean_ablation_hook",
+    notebook=NB,
+    reference=induction.mean_ablation_hook,
+    returns_copy=True,
+    cases=_mean_hook_cases,
+    hints=[
+        "hook_z is [batch, pos, head, d_head]: the head is axis 2. mean_z is [pos, head, d_head] (no batch axis).",
+        "Clone first (out = z.clone()), then set out[:, :, head] = mean_z[:, head]: it broadcasts over the batch.",
+        "Return the new tensor; leave z itself unchanged (the run's other hooks and caches may hold it).",
+    ],
+    mistakes=[
+        Mistake("you zero-ablated the head: mean ablation writes the head's mean output, mean_z[:, head]", _mean_hook_zero),
+        Mistake("you took the mean over THIS batch (z.mean(0)); use the given reference mean mean_z", _mean_hook_batch),
+        Mistake("you replaced every head by its mean, not only `head`", _mean_hook_all),
+        Mistake("you averaged over positions too: mean ablation keeps one mean per position", _mean_hook_positions),
+    ],
+))
+
+
+def _restore_cases(rng):
+    out = []
+    for b, p, n_heads, n_kv, head, d in [(2, 5, 9, 3, 2, 4), (3, 4, 8, 4, 3, 2), (2, 6, 4, 4, 1, 3), (1, 5, 6, 2, 5, 2)]:
+        out.append(((_z(rng, b, p, n_kv, d), None, head, _z(rng, b, p, n_kv, d), n_heads), {}))
+    return out
+
+
+def _restore_modulo(k, hook, head, clean_k, n_heads):
+    out = k.clone()
+    out[:, :, head % k.shape[2]] = clean_k[:, :, head % k.shape[2]]
+    return out
+
+
+def _restore_all(k, hook, head, clean_k, n_heads):
+    return clean_k.clone()
+
+
+def _restore_nothing(k, hook, head, clean_k, n_heads):
+    return k.clone()
+
+
+register(Exercise(
+    name="restore_keys_hook",
+    notebook=NB,
+    reference=induction.restore_keys_hook,
+    returns_copy=True,
+    cases=_restore_cases,
+    hints=[
+        "hook_k is [batch, pos, n_kv_heads, d_head]. With grouped-query attention, consecutive query heads share one "
+        "key/value head: group = n_heads // n_kv_heads, kv = head // group.",
+        "Clone first (out = k.clone()), then out[:, :, kv] = clean_k[:, :, kv].",
+        "Without grouped-query attention (n_kv_heads == n_heads) kv is simply head.",
+    ],
+    mistakes=[
+        Mistake("you mapped the query head to a key/value head with head % n_kv_heads (or used the query index "
+                "directly): query heads are grouped consecutively, kv = head // (n_heads // n_kv_heads)",
+                _restore_modulo),
+        Mistake("you restored the keys of every head, not only the induction head's", _restore_all),
+        Mistake("you returned the keys unchanged: copy the clean keys into the chosen head", _restore_nothing),
     ],
 ))

@@ -502,3 +502,64 @@ __all__ = [
     "in_context_learning_score", "ranks", "spearman", "top_k_overlap", "rank_correlations", "overlaps",
     "rank_table", "covariation", "Interval", "bootstrap",
 ]
+
+
+# --------------------------------------------------------------------------------------
+# Circuits read from the weights (Elhage et al. 2021): full OV, positional QK, K-composition
+# --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def full_ov_circuit(weights: HeadWeights, layer: int, head: int) -> Tensor:
+    """``W_E W_OV W_U``, ``[d_vocab, d_vocab]``: row t = the logits the head adds, via the token-embedding
+    path, when it attends to a position holding token t (a copying head has a bright diagonal)."""
+    return weights.W_E @ weights.ov(layer, head) @ weights.W_U
+
+
+@torch.no_grad()
+def positional_qk_pattern(model, layer: int, head: int, n_pos: int | None = None) -> Tensor:
+    """The attention a head would pay from position only: softmax of ``W_pos W_QK W_pos^T / sqrt(d_head)``,
+    causally masked, ``[n_pos, n_pos]`` (query, key). Tokens and biases are left out.
+
+    Needs learned positional embeddings (``model.W_pos``); rotary models (SmolLM2) have none.
+    """
+    W_pos = getattr(model, "W_pos", None)
+    if W_pos is None or getattr(model.cfg, "positional_embedding_type", "standard") not in ("standard", "shortformer"):
+        raise ValueError("positional_qk_pattern needs learned positional embeddings (W_pos); "
+                         "this model encodes position inside attention (e.g. rotary)")
+    w = head_weights(model)
+    pos = W_pos.detach().float()[: n_pos or W_pos.shape[0]]
+    s = pos @ w.qk(layer, head) @ pos.T / model.cfg.d_head ** 0.5
+    mask = torch.ones_like(s, dtype=torch.bool).triu(1)
+    return s.masked_fill(mask, float("-inf")).softmax(-1)
+
+
+@torch.no_grad()
+def k_composition_circuit(weights: HeadWeights, early: Head, late: Head) -> Tensor:
+    """The virtual weights ``W_E W_QK^late (W_E W_OV^early)^T``, ``[d_vocab, d_vocab]``.
+
+    Entry (a, b): the attention score the late head gives, from a query holding token a, to a key
+    position into which the early head moved token b (through the token-embedding paths only). A
+    previous-token head feeding an induction head makes it diagonal: prefix matching in the weights.
+    """
+    (l0, h0), (l1, h1) = early, late
+    if l0 >= l1:
+        raise ValueError(f"the early head {early} must be in a lower layer than the late head {late}")
+    moved = weights.W_E @ weights.ov(l0, h0)  # [vocab, d_model]: token b, written by the early head
+    return weights.W_E @ weights.qk(l1, h1) @ moved.T
+
+
+def diagonal_top1(matrix: Tensor, offset: int = 0) -> float:
+    """Fraction of rows i whose largest entry is at column ``i + offset`` (rows where that column exists).
+
+    offset 0 on a full OV circuit: the share of tokens copied at top-1; offset -1 on a positional
+    pattern: the share of positions whose strongest key is the previous one.
+    """
+    if matrix.ndim != 2:
+        raise ValueError(f"need a 2-D matrix, got shape {tuple(matrix.shape)}")
+    rows = torch.arange(matrix.shape[0])
+    ok = (rows + offset >= 0) & (rows + offset < matrix.shape[1])
+    return (matrix.argmax(-1)[ok] == (rows + offset)[ok]).float().mean().item()
+
+
+__all__ += ["full_ov_circuit", "positional_qk_pattern", "k_composition_circuit", "diagonal_top1"]

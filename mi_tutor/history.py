@@ -122,7 +122,7 @@ TIMELINE: tuple[Entry, ...] = (
           "Alignment Forum", "interventional", "LM", "05",
           "test a hypothesis by resampling ablations that it says should not matter"),
     Entry(2023, 1, "Progress measures (grokking)", "Progress measures for grokking via mechanistic interpretability",
-          "Nanda, Chan, Lieberum, Smith & Steinhardt", "arXiv 2301.05217; ICLR 2023", "observational", "toy", "01",
+          "Nanda, Chan, Lieberum, Smith & Steinhardt", "arXiv 2301.05217; ICLR 2023", "both", "toy", "01",
           "Fourier analysis of the weights; restricted and excluded loss"),
     Entry(2023, 2, "Attribution patching", "Attribution Patching: Activation Patching At Industrial Scale", "Nanda",
           "blog post", "interventional", "LM", "06", "a gradient approximation of activation patching"),
@@ -160,7 +160,7 @@ TIMELINE: tuple[Entry, ...] = (
           "interventional", "LM", "05", "replace a component by the loss-minimising constant"),
     Entry(2025, 1, "APD", "Interpretability in Parameter Space: Minimizing Mechanistic Description Length with "
           "Attribution-based Parameter Decomposition",
-          "Braun, Bushnaq, Heimersheim, Mendel & Sharkey", "arXiv 2501.14926", "observational", "toy", "07",
+          "Braun, Bushnaq, Heimersheim, Mendel & Sharkey", "arXiv 2501.14926", "both", "toy", "07",
           "decompose the weights, not the activations"),
     Entry(2025, 1, "SAEs on random transformers", "Sparse Autoencoders Can Interpret Randomly Initialized Transformers",
           "Heap et al.", "arXiv 2501.17727", "observational", "LM", "07",
@@ -172,7 +172,7 @@ TIMELINE: tuple[Entry, ...] = (
           "Ameisen, Lindsey et al.", "Transformer Circuits Thread", "both", "LM", "07",
           "cross-layer transcoders and attribution graphs, checked by perturbing the features they name"),
     Entry(2025, 6, "SPD", "Stochastic Parameter Decomposition", "Bushnaq, Braun & Sharkey", "arXiv 2506.20790",
-          "observational", "toy", "07", "rank-one weight components with learned causal importance"),
+          "both", "toy", "07", "rank-one weight components with learned causal importance"),
 )
 
 #: infrastructure the series uses (not results, so not on the timeline)

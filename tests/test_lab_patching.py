@@ -262,7 +262,8 @@ def test_per_prompt_head_patching_equals_transformer_lens_one_prompt_at_a_time(s
     for b in range(len(ds)):
         one = ds.subset([b])
         want = reference.tl_patch_heads(smollm2, one.tokens, one.abc_tokens, one.metric, heads) if b == 0 else \
-            torch.stack([P.patch_heads(smollm2, one.tokens, one.abc_tokens, one.metric, pos=-1, layers=[0, n - 1])[h] for h in heads])
+            torch.stack([P.patch_heads(smollm2, one.tokens, one.abc_tokens, one.metric, pos=-1, layers=[0, n - 1])[h]
+                         for h in heads])
         if b == 0:  # TL's loop patches every position: compare the all-position variant for prompt 0
             allpos = P.patch_heads_per_prompt(smollm2, ds.tokens, ds.abc_tokens, ds.metric, heads=heads, fast=fast)
             assert torch.allclose(torch.stack([allpos[0][h] for h in heads]), want, atol=1e-4)

@@ -239,7 +239,7 @@ def test_copy_scores_agree_with_the_exercise_reference_without_norms(smollm2):
     assert torch.equal(got, want) and got.shape == (smollm2.cfg.n_layers, smollm2.cfg.n_heads)
     # the exercise's formula on random weights: a head whose OV is the identity copies every name
     g = torch.Generator().manual_seed(0)
-    resid = torch.randn(6, 5, generator=g)
+    resid = torch.linalg.qr(torch.randn(5, 5, generator=g))[0]  # orthonormal: each name is its own row's maximum
     W_V = torch.eye(5)[None].repeat(2, 1, 1)
     W_O = torch.stack([torch.eye(5), -torch.eye(5)])
     assert copy_score(resid, W_V, W_O, resid.T, 1).tolist() == [1.0, 0.0]

@@ -674,13 +674,9 @@ def patch_heads_per_prompt(
     max_rows: int = 128,
     fast: bool | None = None,
 ) -> torch.Tensor:
-    """`patch_heads`, but the metric of every prompt separately: ``[batch, n_layers, n_heads]`` (NaN where not patched).
-
-    The mean over prompts equals `patch_heads` (tested); the per-prompt values are what a
-    bootstrap over prompts resamples. `heads` restricts the patches (default every head of `layers`).
-    """
-    V.tokens(model, target_tokens, "target_tokens")
-    V.same_shape(target_tokens, source_tokens)
+    """`patch_heads` per prompt: ``[batch, n_layers, n_heads]`` (NaN where not patched; its mean over prompts is
+    `patch_heads`, tested), for a bootstrap over prompts. `heads` restricts the patches (default: all of `layers`)."""
+    V.tokens(model, target_tokens, "target_tokens"), V.same_shape(target_tokens, source_tokens)
     V.tokens(model, source_tokens, "source_tokens")
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if heads is None:
@@ -690,9 +686,7 @@ def patch_heads_per_prompt(
     V.heads(model, heads)
     heads = [tuple(h) for h in heads]
     src = _source_heads(model, source_tokens, sorted({l for l, _ in heads}), fast)
-    batch = target_tokens.shape[0]
-    if pos is not None:
-        pos = pos % target_tokens.shape[1]
+    batch, pos = target_tokens.shape[0], (None if pos is None else pos % target_tokens.shape[1])
     run = copies_runner(model, target_tokens, fast)
     out = torch.full((batch, n_layers, n_heads), float("nan"))
     for chunk in _chunks(heads, batch, max_rows):

@@ -144,7 +144,12 @@ def make_ioi(model, n: int = 8, template: int | str = 0, seed: int = 0, names=No
     """
     if n < 1:
         raise IOIError(f"n must be at least 1, got {n}")
-    tpl = TEMPLATES[template] if isinstance(template, int) else template
+    if isinstance(template, (int, np.integer)) and not -len(TEMPLATES) <= template < len(TEMPLATES):
+        raise IOIError(f"template={template} is not one of the {len(TEMPLATES)} built-in templates: pass an index "
+                       f"0..{len(TEMPLATES) - 1} (see ioi.TEMPLATES) or a template string with [S], [IO] and [S] again")
+    if not isinstance(template, (int, np.integer, str)):
+        raise IOIError(f"template must be an index into ioi.TEMPLATES or a template string, got {type(template).__name__}")
+    tpl = TEMPLATES[int(template)] if not isinstance(template, str) else template
     check_template(tpl)
     names = single_token_words(model, NAMES if names is None else names)
     places = single_token_words(model, PLACES if places is None else places)
@@ -256,8 +261,12 @@ def parse_ioi_sentence(model, text: str) -> ParsedSentence:
     words = re.findall(r"[A-Za-z]+", text)
     if not words:
         raise IOIError("the sentence has no words")
-    # capitalised words that are not sentence-initial are name candidates
-    cands = [m for m in re.finditer(r"(?<=\s)[A-Z][a-z]+", text) if not re.search(r"[.!?]\s*$", text[: m.start()])]
+    # capitalised words after a space are name candidates; one that starts a sentence ("... store. John gave")
+    # counts if it is a known first name or is also used mid-sentence (so "Later" or "Afterwards" do not)
+    every = list(re.finditer(r"(?<=\s)[A-Z][a-z]+", text))
+    initial = [bool(re.search(r"[.!?]\s*$", text[: m.start()])) for m in every]
+    mid = {m.group() for m, ini in zip(every, initial) if not ini}
+    cands = [m for m, ini in zip(every, initial) if not ini or m.group() in mid or m.group() in NAMES]
     names = [m.group() for m in cands]
     distinct = list(dict.fromkeys(names))
     if cands and text[cands[-1].end():].strip(" .!?") == "":

@@ -114,25 +114,41 @@ def _ld(logits, io, s):
     return last.gather(1, io[:, None]).squeeze(1) - last.gather(1, s[:, None]).squeeze(1)
 
 
-def _io_s(pattern, io_pos, s2_pos):
-    rows = [pattern[b, :, -1, io_pos[b]] - pattern[b, :, -1, s2_pos[b]] for b in range(pattern.shape[0])]
-    return torch.stack(rows).mean(0)
+def _patch(z, z_source, head, pos=None):
+    mask = torch.zeros(z.shape[1], z.shape[2], dtype=torch.bool)
+    if pos is None:
+        mask[:, head] = True
+    else:
+        mask[pos, head] = True
+    return torch.where(mask[None, :, :, None], z_source, z)
 
 
-def _patch(z, z_source, head):
-    mask = torch.zeros(z.shape[2], dtype=torch.bool)
-    mask[head] = True
-    return torch.where(mask[None, None, :, None], z_source, z)
+def _loop(run, z_source, layers, n_heads, pos=None):
+    from mi_tutor.lab.hooks import hook_name
+
+    rows = []
+    for L in layers:
+        row = []
+        for h in range(n_heads):
+            def swap(z, hook, h=h, L=L):
+                return _patch(z, z_source[L], h, pos)
+            row.append(run([(hook_name(L, "z"), swap)]))
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.float32) - run()
+
+
+def _copy(resid, W_V, W_O, W_U, k):
+    out = []
+    for h in range(W_V.shape[0]):
+        logits = resid @ W_V[h] @ W_O[h] @ W_U
+        ranks = (logits > logits.diagonal()[:, None]).sum(-1)  # names strictly above the attended name itself
+        out.append((ranks < k).float().mean())
+    return torch.stack(out)
 
 
 def _pp(resid, z_target, z_source, W_O, W_Q, sender):
     delta = torch.einsum("bpd,dm->bpm", z_source[:, :, sender] - z_target[:, :, sender], W_O[sender])
     return resid @ W_Q + delta @ W_Q
-
-
-def _keep(z, abc_mean, keep):
-    k = keep[None, None, :, None]
-    return torch.where(k, z, abc_mean[None])
 
 
 def _succ(logits, category, successor):
@@ -237,7 +253,7 @@ ALTERNATIVES = {
     "previous_token_score": _prev, "induction_score": _induction,
     "k_composition_score": _kcomp, "in_context_learning_score": _icl, "mean_ablation_hook": _mean_hook,
     "restore_keys_hook": _restore_hook, "logit_difference": _ld,
-    "io_minus_s_attention": _io_s, "patch_head": _patch, "path_patched_query": _pp, "keep_circuit_heads": _keep,
+    "patch_head": _patch, "head_patching_map": _loop, "path_patched_query": _pp, "copy_score": _copy,
     "successor_score": _succ, "ica_matrix": _ica, "mean_ablate_head": _mean_head, "attribution_estimate": _attr,
     "resample_ablate_head": _resample, "control_kl": _kl, "split_total_effect": _split, "covariation_scores": _cov,
     "per_example_grads": _grads, "random_projection": _proj, "per_token_gram": _gram, "sae_loss": _sae,
@@ -311,13 +327,8 @@ def _inplace_restore(k, hook, head, clean_k, n_heads):
     k[:, :, kv] = clean_k[:, :, kv]
 
 
-def _inplace_patch(z, z_source, head):
+def _inplace_patch(z, z_source, head, pos=None):
     z[:, :, head] = z_source[:, :, head]
-    return z
-
-
-def _inplace_keep(z, abc_mean, keep):
-    z[:, :, ~keep] = abc_mean[None, :, ~keep]
     return z
 
 
@@ -333,7 +344,7 @@ def _inplace_resample(z, head, perm):
 
 COPY_TASKS = {"mean_ablate_unit": (_inplace_mean_unit, "hidden"), "mean_ablation_hook": (_inplace_mean_hook, "z"),
               "restore_keys_hook": (_inplace_restore, "k"), "patch_head": (_inplace_patch, "z"),
-              "keep_circuit_heads": (_inplace_keep, "z"), "mean_ablate_head": (_inplace_mean_head, "z"),
+              "mean_ablate_head": (_inplace_mean_head, "z"),
               "resample_ablate_head": (_inplace_resample, "z")}
 
 
@@ -392,8 +403,8 @@ def test_a_result_of_the_wrong_type_is_refused_in_one_line(name, convert, words)
 
 
 def test_a_wrong_result_that_matches_no_mistake_says_where_and_by_how_much():
-    result = exercises.run_check("io_minus_s_attention", lambda pat, io, s2: torch.zeros(pat.shape[1]))
-    assert not result.passed and result.mistake is None  # zeros are not "you swapped query and key"
+    result = exercises.run_check("copy_score", lambda resid, W_V, W_O, W_U, k: torch.zeros(W_V.shape[0]))
+    assert not result.passed and result.mistake is None  # zeros are not "you took the top k over a column"
     assert "largest difference" in result.message and "at index [" in result.message and "instead of" in result.message
 
 
@@ -527,10 +538,29 @@ def _sigmoid_mask(pre, r):
     return g, g + (1 - g) * r
 
 
-def _zero_keep(z, abc_mean, keep):
-    out = z.clone()
-    out[:, :, ~keep] = 0
+def _loop_all_positions(run, z_source, layers, n_heads, pos=None):
+    return _loop(run, z_source, layers, n_heads, None)
+
+
+def _loop_cache_mutated(run, z_source, layers, n_heads, pos=None):
+    """Writes the patch into the source cache itself (then hands it to the run): the cache changes."""
+    from mi_tutor.lab.hooks import hook_name
+
+    out = torch.zeros(len(layers), n_heads)
+    clean = run()
+    for i, L in enumerate(layers):
+        for h in range(n_heads):
+            def swap(z, hook, h=h, L=L):
+                z_source[L][:, :, [j for j in range(n_heads) if j != h]] = z[:, :, [j for j in range(n_heads) if j != h]]
+                return z_source[L]
+            out[i, h] = run([(hook_name(L, "z"), swap)]) - clean
     return out
+
+
+def _copy_diag_max(resid, W_V, W_O, W_U, k):
+    """Asks whether the attended name is the row's maximum, whatever k."""
+    logits = torch.einsum("nd,hde,hem,mj->hnj", resid, W_V, W_O, W_U)
+    return (logits.argmax(-1) == torch.arange(resid.shape[0])).float().mean(-1)
 
 
 #: (exercise, wrong solution, a phrase of the named mistake, or None when no known mistake fits)
@@ -557,7 +587,9 @@ REALISTIC_WRONG = [
     ("causal_importance_mask", _sigmoid_mask, "smooth sigmoid"),
     ("per_token_gram", _gram_of_summed_gradient, None),
     ("stochastic_recon_loss", _recon_untied_mask, "both uses"),
-    ("keep_circuit_heads", _zero_keep, "zero ablation"),
+    ("head_patching_map", _loop_all_positions, "every position"),
+    ("head_patching_map", _loop_cache_mutated, "in place"),
+    ("copy_score", _copy_diag_max, "top 1"),
     ("mean_ablate_unit", _inplace_mean_unit, "in place"),
     ("patch_head", _inplace_patch, "in place"),
 ]

@@ -246,3 +246,29 @@ def test_bad_requests_are_explained(toy, gpt2_arch):
         P.path_patch(toy, a, b, _metric, [(0, 0)], [(1, 0, "z")])
     with pytest.raises(ValueError, match="run_copies"):
         fast_llama.LlamaRunner(gpt2_arch)
+
+
+# --------------------------------------------------------------------------------------
+# per-prompt head patching (notebook 03's bootstrap)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast_llama", "hooks"])
+def test_per_prompt_head_patching_equals_transformer_lens_one_prompt_at_a_time(smollm2, smol_ds, fast):
+    ds, n = smol_ds, smollm2.cfg.n_layers
+    heads = [(n - 1, h) for h in range(smollm2.cfg.n_heads)] + [(0, 2)]
+    got = P.patch_heads_per_prompt(smollm2, ds.tokens, ds.abc_tokens, ds.metric, heads=heads, pos=-1, max_rows=5, fast=fast)
+    assert got.shape == (len(ds), n, smollm2.cfg.n_heads)
+    for b in range(len(ds)):
+        one = ds.subset([b])
+        want = reference.tl_patch_heads(smollm2, one.tokens, one.abc_tokens, one.metric, heads) if b == 0 else \
+            torch.stack([P.patch_heads(smollm2, one.tokens, one.abc_tokens, one.metric, pos=-1, layers=[0, n - 1])[h]
+                         for h in heads])
+        if b == 0:  # TL's loop patches every position: compare the all-position variant for prompt 0
+            allpos = P.patch_heads_per_prompt(smollm2, ds.tokens, ds.abc_tokens, ds.metric, heads=heads, fast=fast)
+            assert torch.allclose(torch.stack([allpos[0][h] for h in heads]), want, atol=1e-4)
+        else:
+            assert torch.allclose(torch.stack([got[b][h] for h in heads]), want, atol=1e-4)
+    assert torch.isnan(got[:, 1]).all()
+    mean = P.patch_heads(smollm2, ds.tokens, ds.abc_tokens, ds.metric, layers=[n - 1], pos=-1, fast=fast)
+    assert torch.allclose(got[:, n - 1].mean(0), mean[n - 1], atol=1e-4)

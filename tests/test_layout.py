@@ -18,7 +18,7 @@ LESSONS = {
     "00": {"blackbox", "blackbox_attribution", "history"},
     "01": {"grokking", "fourier", "fourier_circuit"},
     "02": {"induction", "induction_lm"},
-    "03": {"ioi_circuit"},
+    "03": {"ioi_circuit", "ioi_evidence"},
     "04": {"successor", "successor_figures"},
     "05": {"ablation", "ablation_views"},
     "06": {"gradients", "multitask", "attribution"},

@@ -163,3 +163,102 @@ def test_plots_and_explorer_views_render(gpt2_arch):
         plt.close(f)
     with pytest.raises(ValueError, match="could not read any head"):
         circuits.inspect_head(an, "one", 0)
+
+
+# --------------------------------------------------------------------------------------
+# sentences that start with a name; bad template indices
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t", range(len(ioi.TEMPLATES)))
+@pytest.mark.parametrize("order", ["BABA", "ABBA"])
+def test_every_shipped_template_parses_back_to_its_io_and_s(smollm2, t, order):
+    ds = ioi.make_ioi(smollm2, n=2, template=t, seed=5)
+    i = 0 if order == "BABA" else 1
+    p = ioi.parse_ioi_sentence(smollm2, ds.prompts[i])
+    assert (p.io_name, p.s_name) == (ds.names["IO"][i], ds.names["S"][i])
+    assert p.pos == {k: int(v[i]) for k, v in ds.pos.items()}
+
+
+def test_the_docstring_example_with_a_sentence_initial_name_parses(smollm2):
+    p = ioi.parse_ioi_sentence(smollm2, "Then, Mary and John went to the store. John gave a drink to")
+    assert (p.io_name, p.s_name) == ("Mary", "John")
+    # a capitalised sentence-initial word that is not a name is still ignored
+    p = ioi.parse_ioi_sentence(smollm2, "Then, Mary and John went to the store. Later John gave a drink to")
+    assert (p.io_name, p.s_name) == ("Mary", "John")
+
+
+@pytest.mark.parametrize("template", [99, -7, 2.5])
+def test_a_bad_template_index_says_what_is_valid(smollm2, template):
+    with pytest.raises(ioi.IOIError, match="template"):
+        ioi.make_ioi(smollm2, n=2, template=template)
+
+
+# --------------------------------------------------------------------------------------
+# notebook 03's pooled evidence (mi_tutor.ioi_evidence)
+# --------------------------------------------------------------------------------------
+
+
+def test_pooled_evidence_matches_each_template_run(smollm2):
+    from mi_tutor import ioi_evidence as E
+
+    dss = [ioi.make_ioi(smollm2, n=2, template=t, seed=t) for t in (0, 5)]
+    P = E.pool(smollm2, dss)
+    assert P.dla.shape[0] == 4 and P.template.tolist() == [0, 0, 1, 1]
+    for t, ds in enumerate(dss):
+        d = readout.direct_logit_attribution(smollm2, ds.tokens, ds.io, ds.s)
+        assert torch.allclose(P.ld[P.template == t], ds.metric(smollm2(ds.tokens)), atol=1e-4)
+        assert torch.allclose(P.dla[P.template == t], d.per_prompt_heads, atol=1e-5)
+    dla = P.as_dla()
+    assert abs(dla.total - dla.logit_diff) < 1e-3 * max(1.0, abs(dla.logit_diff))
+    assert "Friends" in P.template_table()
+
+
+def test_agreement_counts_sign_flips_and_overlap():
+    from mi_tutor import ioi_evidence as E
+
+    exact = torch.zeros(3, 4)
+    exact[0, 0], exact[1, 1], exact[2, 2] = -3.0, -2.0, 1.0
+    approx = exact.clone()
+    approx[1, 1] = 0.5  # wrong sign on the second-largest effect
+    a = E.agreement(exact, approx, k=3)
+    assert a.large == [(0, 0), (1, 1), (2, 2)] and a.flipped == [(1, 1)]
+    assert a.overlap == 1.0 and a.pearson < 1.0
+
+
+def test_copy_scores_agree_with_the_exercise_reference_without_norms(smollm2):
+    """On a model, the library's copy score equals the exercise's formula applied to the normed residual."""
+    from mi_tutor import ioi_evidence as E
+    from mi_tutor.exercises.nb03 import copy_score
+
+    ids = E.name_ids(smollm2)[:20]
+    got = E.copy_scores(smollm2, ids, k=3)
+    ov = readout.effective_ov(smollm2, ids)
+    top = ov.topk(3, dim=-1).indices
+    want = (top == torch.arange(20)[:, None]).any(-1).float().mean(-1)
+    assert torch.equal(got, want) and got.shape == (smollm2.cfg.n_layers, smollm2.cfg.n_heads)
+    # the exercise's formula on random weights: a head whose OV is the identity copies every name
+    g = torch.Generator().manual_seed(0)
+    resid = torch.linalg.qr(torch.randn(5, 5, generator=g))[0]  # orthonormal: each name is its own row's maximum
+    W_V = torch.eye(5)[None].repeat(2, 1, 1)
+    W_O = torch.stack([torch.eye(5), -torch.eye(5)])
+    assert copy_score(resid, W_V, W_O, resid.T, 1).tolist() == [1.0, 0.0]
+
+
+def test_completeness_knockouts_equal_direct_ablations(smollm2):
+    from mi_tutor import ioi_evidence as E
+    from mi_tutor.lab import patching
+
+    ds = ioi.make_ioi(smollm2, n=2, seed=2)
+    n = smollm2.cfg.n_layers
+    classes = {"a": [(n - 1, 0)], "b": [(n - 2, 1), (n - 1, 2)]}
+    circuit = [(n - 1, 0), (n - 2, 1), (n - 1, 2), (n - 3, 4)]
+    got = E.knockout_classes(smollm2, [ds], classes, circuit)
+    means = patching.ablation_values(smollm2, ds.tokens, "mean", reference_tokens=ds.abc_tokens)
+    every = hooks.all_heads(smollm2)
+    run = lambda hs: float(ds.metric(patching.run_patched(smollm2, ds.tokens, patching.heads_replaced(hs, means))).mean())
+    outside = [h for h in every if h not in circuit]
+    assert got["(nothing)"][1] == pytest.approx(float(ds.metric(smollm2(ds.tokens)).mean()), abs=1e-4)
+    assert got["(nothing)"][0] == pytest.approx(run(outside), abs=1e-4)
+    assert got["b"][0] == pytest.approx(run(outside + classes["b"]), abs=1e-4)
+    assert got["b"][1] == pytest.approx(run(classes["b"]), abs=1e-4)

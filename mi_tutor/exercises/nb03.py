@@ -51,35 +51,166 @@ register(Exercise(
 ))
 
 
-# 2. the patching hook --------------------------------------------------------------------
+# 2. the patching hook: one head, at one position or all -----------------------------------
 
 
-def patch_head(z: torch.Tensor, z_source: torch.Tensor, head: int) -> torch.Tensor:
+def patch_head(z: torch.Tensor, z_source: torch.Tensor, head: int, pos: int | None = None) -> torch.Tensor:
     out = z.clone()
-    out[:, :, head] = z_source[:, :, head]
+    if pos is None:
+        out[:, :, head] = z_source[:, :, head]
+    else:
+        out[:, pos, head] = z_source[:, pos, head]
     return out
 
 
 def _patch_cases(rng):
-    return [((_t(rng, b, p, h, d), _t(rng, b, p, h, d), int(rng.integers(h))), {})
-            for b, p, h, d in [(2, 5, 4, 3), (3, 6, 6, 2), (1, 7, 3, 4)]]
+    cases = []
+    for (b, p, h, d), pos in zip([(2, 7, 4, 3), (3, 8, 5, 2), (2, 9, 3, 4)], [None, -1, 2]):
+        cases.append(((_t(rng, b, p, h, d), _t(rng, b, p, h, d), int(rng.integers(h))), {"pos": pos}))
+    return cases
+
+
+def _patch_axis1(z, zs, h, pos=None):
+    out = z.clone()
+    out[:, h] = zs[:, h]
+    return out
+
+
+def _patch_all_pos(z, zs, h, pos=None):
+    return patch_head(z, zs, h, None)
+
+
+def _patch_every_head(z, zs, h, pos=None):
+    out = z.clone()
+    if pos is None:
+        return zs.clone()
+    out[:, pos] = zs[:, pos]
+    return out
 
 
 register(Exercise(
     name="patch_head", notebook=NB, reference=patch_head, returns_copy=True, cases=_patch_cases,
-    hints=["hook_z has shape [batch, pos, head, d_head]: the head is axis 2, not axis 1.",
-           "Clone first (out = z.clone()), then replace out[:, :, head] with the source's values.",
-           "Leave every other head as it was in the target run."],
+    hints=["hook_z has shape [batch, pos, head, d_head]: the head is axis 2, the position axis 1.",
+           "Clone first (out = z.clone()): the hook's input belongs to the run, and the task asks for a new tensor.",
+           "pos=None patches every position (out[:, :, head]); an integer pos only that one (out[:, pos, head])."],
     mistakes=[
-        Mistake("you indexed axis 1 (positions) instead of axis 2 (heads)",
-                lambda z, zs, h: torch.cat([z[:, :h], zs[:, h:h + 1], z[:, h + 1:]], 1)),
-        Mistake("you replaced every head, not only the chosen one", lambda z, zs, h: zs.clone()),
-        Mistake("you returned the target unchanged (the patch was not applied)", lambda z, zs, h: z.clone()),
+        Mistake("you indexed axis 1 (positions) instead of axis 2 (heads)", _patch_axis1),
+        Mistake("you patched every position although `pos` names one: with pos given, replace out[:, pos, head] only",
+                _patch_all_pos),
+        Mistake("you replaced every head, not only the chosen one", _patch_every_head),
+        Mistake("you returned the target unchanged (the patch was not applied)", lambda z, zs, h, pos=None: z.clone()),
     ],
 ))
 
 
-# 3. one path-patching step ---------------------------------------------------------------
+# 3. the patching loop: a per-head map, with real hooks ------------------------------------
+
+
+class PatchRun:
+    """A model, clean and source prompts and a metric: `run(fwd_hooks)` = the mean metric of a hooked clean run.
+
+    An exercise input: the check deep-copies inputs, and this object stands for the model, so it copies as itself.
+    """
+
+    def __init__(self, model, tokens: torch.Tensor, source_tokens: torch.Tensor, metric):
+        self.model, self.tokens, self.source_tokens, self.metric = model, tokens, source_tokens, metric
+
+    def __call__(self, fwd_hooks=()) -> float:
+        with torch.no_grad():
+            return float(self.metric(self.model.run_with_hooks(self.tokens, fwd_hooks=list(fwd_hooks))).float().mean())
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __repr__(self) -> str:
+        return f"PatchRun(tokens {tuple(self.tokens.shape)})"
+
+
+def source_z(run: PatchRun, layers) -> dict[int, torch.Tensor]:
+    """The source run's head outputs {layer: [batch, pos, head, d_head]}."""
+    from ..lab.hooks import head_outputs
+
+    return {l: v.clone() for l, v in head_outputs(run.model, run.source_tokens, list(layers)).items()}
+
+
+def head_patching_map(run: PatchRun, z_source: dict, layers: list, n_heads: int, pos: int | None = None) -> torch.Tensor:
+    """Reference: the engine (`lab.patching.patch_heads`), minus the clean metric, on the given layers."""
+    from ..lab import patching
+
+    table = patching.patch_heads(run.model, run.tokens, run.source_tokens, run.metric, layers=list(layers), pos=pos)
+    return (table[list(layers)] - run()).float()
+
+
+def _hook_loop(run, z_source, layers, n_heads, edit, subtract=True):
+    from ..lab.hooks import hook_name
+
+    clean = run() if subtract else 0.0
+    out = torch.zeros(len(layers), n_heads)
+    for i, l in enumerate(layers):
+        for h in range(n_heads):
+            def hook(z, hook, h=h, l=l):
+                return edit(z.clone(), z_source[l], h)
+            out[i, h] = run([(hook_name(l, "z"), hook)]) - clean
+    return out
+
+
+_TOY: dict = {}
+
+
+def _toy():
+    if not _TOY:
+        from ..models import attn_only_model
+
+        _TOY["m"] = attn_only_model(n_layers=2, d_model=16, n_heads=3, d_vocab=20, n_ctx=9, seed=3)
+    return _TOY["m"]
+
+
+def _metric(logits):
+    return logits[:, -1, 0] - logits[:, -1, 1]
+
+
+def _loop_cases(rng):
+    model = _toy()
+    cases = []
+    for batch, seq, pos in [(3, 7, -1), (2, 8, None), (3, 9, 4)]:
+        a = torch.tensor(rng.integers(0, 20, (batch, seq)))
+        b = torch.tensor(rng.integers(0, 20, (batch, seq)))
+        run = PatchRun(model, a, b, _metric)
+        cases.append(((run, source_z(run, [0, 1]), [0, 1], 3), {"pos": pos}))
+    return cases
+
+
+def _loop_mistake(edit, subtract=True):
+    def f(run, z_source, layers, n_heads, pos=None):
+        return _hook_loop(run, z_source, layers, n_heads, lambda z, src, h: edit(z, src, h, pos), subtract)
+    return f
+
+
+def _right(z, src, h, pos):
+    return patch_head(z, src, h, pos)
+
+
+register(Exercise(
+    name="head_patching_map", notebook=NB, reference=head_patching_map, cases=_loop_cases,
+    hints=["For each layer L and head h: a hook on hook_name(L, 'z') returns a copy of z whose head h (axis 2) "
+           "takes z_source[L]'s value, at position pos only if pos is given.",
+           "run([(hook_name(L, 'z'), hook)]) runs the clean prompts with that hook; run() without hooks gives the clean "
+           "metric. Each entry is patched minus clean.",
+           "out = torch.zeros(len(layers), n_heads) (float32); fill out[i, h] for layers[i]."],
+    mistakes=[
+        Mistake("you returned the patched metric, not its CHANGE: subtract the clean metric run()",
+                _loop_mistake(_right, subtract=False)),
+        Mistake("you indexed axis 1 (positions) instead of axis 2 (heads) of z",
+                _loop_mistake(lambda z, src, h, pos: _patch_axis1(z, src, h))),
+        Mistake("you patched every position although `pos` names one",
+                _loop_mistake(lambda z, src, h, pos: patch_head(z, src, h))),
+        Mistake("you patched every head of the layer at once: patch one head per run",
+                _loop_mistake(lambda z, src, h, pos: _patch_every_head(z, src, h, pos))),
+    ],
+))
+
+
+# 4. one path-patching step ---------------------------------------------------------------
 
 
 def path_patched_query(resid: torch.Tensor, z_target: torch.Tensor, z_source: torch.Tensor,
@@ -120,85 +251,57 @@ register(Exercise(
 ))
 
 
-# 4. faithfulness: keep the circuit, mean-ablate the rest ---------------------------------
+# 5. name-mover copy scores ------------------------------------------------------------------
 
 
-def keep_circuit_heads(z: torch.Tensor, abc_mean: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    out = z.clone()
-    out[:, :, ~keep] = abc_mean[None, :, ~keep].expand(z.shape[0], -1, -1, -1)
-    return out
+def copy_score(resid: torch.Tensor, W_V: torch.Tensor, W_O: torch.Tensor, W_U: torch.Tensor, k: int) -> torch.Tensor:
+    logits = torch.einsum("nd,hde,hem,mj->hnj", resid, W_V, W_O, W_U)  # [head, attended name, raised name]
+    top = logits.topk(k, dim=-1).indices
+    return (top == torch.arange(resid.shape[0])[:, None]).any(-1).float().mean(-1)
 
 
-def _keep_cases(rng):
+def _copy_cases(rng):
     cases = []
-    for b, p, h, d in [(2, 5, 4, 3), (3, 4, 6, 2), (2, 6, 5, 2)]:
-        keep = torch.tensor(rng.random(h) < 0.5)
-        keep[0], keep[-1] = True, False
-        cases.append(((_t(rng, b, p, h, d), _t(rng, p, h, d), keep), {}))
+    for n, d, h, dh, k in [(8, 6, 3, 4, 2), (10, 8, 4, 3, 3), (7, 5, 2, 5, 2)]:
+        resid = _t(rng, n, d)
+        W_V, W_O = _t(rng, h, d, dh), _t(rng, h, dh, d)
+        W_U = resid.T.clone() + 0.5 * _t(rng, d, n)  # names read back roughly where they were written
+        cases.append(((resid, W_V, W_O, W_U, k), {}))
     return cases
 
 
-register(Exercise(
-    name="keep_circuit_heads", notebook=NB, reference=keep_circuit_heads, returns_copy=True, cases=_keep_cases,
-    hints=["Heads IN the circuit keep their own output; only the others are replaced.",
-           "The ABC mean is per position ([pos, head, d_head]): broadcast it over the batch, not over positions.",
-           "out = z.clone(); out[:, :, ~keep] = abc_mean[None, :, ~keep]"],
-    mistakes=[
-        Mistake("you ablated the circuit's heads and kept the others: the mask is inverted",
-                lambda z, m, k: keep_circuit_heads(z, m, ~k)),
-        Mistake("you averaged the ABC mean over positions too: the paper's mean is per position",
-                lambda z, m, k: keep_circuit_heads(z, m.mean(0, keepdim=True).expand_as(m), k)),
-        Mistake("you replaced the other heads with zeros (zero ablation), not with the ABC mean",
-                lambda z, m, k: keep_circuit_heads(z, torch.zeros_like(m), k)),
-    ],
-))
+def _copy_wrong_axis(resid, W_V, W_O, W_U, k):
+    logits = torch.einsum("nd,hde,hem,mj->hnj", resid, W_V, W_O, W_U)
+    top = logits.topk(k, dim=-2).indices  # [head, k, raised]: top attended names per raised name
+    return (top == torch.arange(resid.shape[0])[None, :]).any(-2).float().mean(-1)
 
 
-# 5. which name does a head look at? ------------------------------------------------------
+def _copy_top1(resid, W_V, W_O, W_U, k):
+    return copy_score(resid, W_V, W_O, W_U, 1)
 
 
-def io_minus_s_attention(pattern: torch.Tensor, io_pos: torch.Tensor, s2_pos: torch.Tensor) -> torch.Tensor:
-    b = torch.arange(pattern.shape[0])
-    end = pattern[:, :, -1, :]  # [batch, head, key]
-    return (end[b, :, io_pos] - end[b, :, s2_pos]).mean(0)
+def _copy_no_wo(resid, W_V, W_O, W_U, k):
+    logits = torch.einsum("nd,hde,hem,mj->hnj", resid, W_V, W_O, W_U).abs()
+    top = logits.topk(k, dim=-1).indices
+    return (top == torch.arange(resid.shape[0])[:, None]).any(-1).float().mean(-1)
 
 
-def _attn_cases(rng):
-    cases = []
-    for b, h, p in [(3, 4, 7), (4, 2, 9), (2, 5, 6)]:
-        pat = torch.tensor(rng.random((b, h, p, p)), dtype=torch.float32).tril()
-        pat = pat / pat.sum(-1, keepdim=True)
-        io = torch.tensor(rng.integers(1, p - 2, b))
-        s2 = (io + torch.tensor(rng.integers(1, p - 2, b))) % (p - 1)
-        s2 = torch.where(s2 == io, (s2 + 1) % (p - 1), s2)
-        cases.append(((pat, io, s2), {}))
-    return cases
-
-
-def _attn_edge_cases():
-    """A non-causal pattern (every key has weight), so reading a column instead of a row shows."""
-    rng = np.random.default_rng(7)
-    pat = torch.tensor(rng.random((3, 2, 6, 6)), dtype=torch.float32)
-    pat = pat / pat.sum(-1, keepdim=True)
-    return [((pat, torch.tensor([1, 2, 0]), torch.tensor([3, 0, 4])), {})]
+def _copy_count(resid, W_V, W_O, W_U, k):
+    return copy_score(resid, W_V, W_O, W_U, k) * resid.shape[0]
 
 
 register(Exercise(
-    name="io_minus_s_attention", notebook=NB, reference=io_minus_s_attention, cases=_attn_cases,
-    edge_cases=_attn_edge_cases,
-    hints=["The query is the final token: pattern[:, :, -1, :] is [batch, head, key].",
-           "Each prompt has its own positions: index the key axis with io_pos[b] for prompt b.",
-           "Subtract the attention to S2 from the attention to IO and average over prompts: [head]."],
+    name="copy_score", notebook=NB, reference=copy_score, cases=_copy_cases,
+    hints=["A head attending to name i writes resid[i] @ W_V[h] @ W_O[h]; @ W_U turns that into a logit for every "
+           "name: one einsum gives [head, attended name, raised name].",
+           "For each attended name i, take the top k of ROW i (the names it raises, the last axis) and ask whether i "
+           "itself is among them.",
+           "Average that yes/no over the names: one float per head, between 0 and 1."],
     mistakes=[
-        Mistake("you swapped query and key: read the row of the final token (query = -1), not its column",
-                lambda pat, io, s2: (pat[torch.arange(pat.shape[0]), :, io, -1] - pat[torch.arange(pat.shape[0]), :, s2,
-                                                                                      -1]).mean(0)),
-        Mistake("you used the first prompt's positions for every prompt",
-                lambda pat, io, s2: io_minus_s_attention(pat, io[:1].expand_as(io), s2[:1].expand_as(s2))),
-        Mistake("you indexed the key axis with the whole io_pos vector, so every prompt is read at every prompt's "
-                "position; index prompt b with io_pos[b] (end[torch.arange(batch), :, io_pos])",
-                lambda pat, io, s2: (pat[:, :, -1, io] - pat[:, :, -1, s2]).mean(0)),
-        Mistake("you computed S2 minus IO: the sign is flipped",
-                lambda pat, io, s2: -io_minus_s_attention(pat, io, s2)),
+        Mistake("you took the top k over the attended names (a column) instead of over the raised names (the row)",
+                _copy_wrong_axis),
+        Mistake("you used the top 1 (argmax) instead of the top k", _copy_top1),
+        Mistake("you ranked the absolute values of the logits: a name pushed DOWN strongly is not copied", _copy_no_wo),
+        Mistake("you returned the number of copied names, not the share (divide by the number of names)", _copy_count),
     ],
 ))

@@ -656,3 +656,44 @@ __all__ = [
     "copy_scores", "copies_runner", "replace_heads", "patch_heads", "patch_heads_by_position", "patch_residual",
     "ablation_values", "ablate_heads", "path_patch", "path_patch_table", "attribution_patch_heads",
 ]
+
+
+# --------------------------------------------------------------------------------------
+# Per-prompt head patching (added for notebook 03: bootstrap intervals over prompts)
+# --------------------------------------------------------------------------------------
+
+
+def patch_heads_per_prompt(
+    model,
+    target_tokens: torch.Tensor,
+    source_tokens: torch.Tensor,
+    metric: Metric,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[Head] | None = None,
+    pos: int | None = None,
+    max_rows: int = 128,
+    fast: bool | None = None,
+) -> torch.Tensor:
+    """`patch_heads` per prompt: ``[batch, n_layers, n_heads]`` (NaN where not patched; its mean over prompts is
+    `patch_heads`, tested), for a bootstrap over prompts. `heads` restricts the patches (default: all of `layers`)."""
+    V.tokens(model, target_tokens, "target_tokens"), V.same_shape(target_tokens, source_tokens)
+    V.tokens(model, source_tokens, "source_tokens")
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if heads is None:
+        V.layers(model, layers)
+        layers = list(range(n_layers)) if layers is None else list(layers)
+        heads = [(l, h) for l in layers for h in range(n_heads)]
+    V.heads(model, heads)
+    heads = [tuple(h) for h in heads]
+    src = _source_heads(model, source_tokens, sorted({l for l, _ in heads}), fast)
+    batch, pos = target_tokens.shape[0], (None if pos is None else pos % target_tokens.shape[1])
+    run = copies_runner(model, target_tokens, fast)
+    out = torch.full((batch, n_layers, n_heads), float("nan"))
+    for chunk in _chunks(heads, batch, max_rows):
+        logits = run([[Patch(l, h, src[l], pos=pos)] for l, h in chunk])[1:]
+        for (l, h), lg in zip(chunk, logits):
+            out[:, l, h] = metric(lg).float()
+    return out
+
+
+__all__ += ["patch_heads_per_prompt"]

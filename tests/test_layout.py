@@ -19,7 +19,7 @@ LESSONS = {
     "01": {"grokking", "fourier"},
     "02": {"induction", "induction_lm"},
     "03": {"ioi_circuit"},
-    "04": {"successor", "successor_figures"},
+    "04": {"successor", "successor_figures", "successor_sources"},
     "05": {"ablation", "ablation_views"},
     "06": {"gradients", "multitask", "attribution"},
     "07": {"superposition", "sae", "spd"},

@@ -468,9 +468,13 @@ def disagreements(scores: dict[str, torch.Tensor], top: int = 5, low: int | None
 
 
 def high_ablation_low_weight(scores: dict[str, torch.Tensor], top: int = 5, low: int | None = None) -> list[tuple[int, int]]:
-    """Heads in the ablation top `top` that BOTH weight-based methods rank below `low` (default 4*top)."""
+    """Heads in the ablation top `top` that BOTH weight-based methods rank below `low` (default 4*top).
+
+    Without an "ICA" entry (no succession component found), the weights alone decide.
+    """
     low = low or 4 * top
-    ra, rw, ri = ranks(scores["ablation"]), ranks(scores["weights"]), ranks(scores["ICA"])
+    ra, rw = ranks(scores["ablation"]), ranks(scores["weights"])
+    ri = ranks(scores["ICA"]) if "ICA" in scores else rw  # ICA may be left out (no succession component)
     H = ra.shape[1]
     out = []
     for i in torch.argsort(ra.flatten()).tolist():

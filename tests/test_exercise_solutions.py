@@ -182,6 +182,27 @@ def _attr(z_target, z_source, grad):
     return torch.einsum("bphd,bphd->bh", z_source - z_target, grad).mean(0)
 
 
+def _eff_ov_head(resid, w_in, W_V, W_O, w_final, W_U):  # one row at a time, einsum
+    rows = []
+    for x in resid:
+        x = x * torch.rsqrt(x.square().mean() + 1e-5) * w_in
+        o = torch.einsum("d,de,ef->f", x, W_V, W_O)
+        o = o * torch.rsqrt(o.square().mean() + 1e-5) * w_final
+        rows.append(o @ W_U)
+    return torch.stack(rows)
+
+
+def _eff_ov_inplace(resid, w_in, W_V, W_O, w_final, W_U):  # normalises the caller's resid in place
+    resid.mul_(torch.rsqrt(resid.pow(2).mean(-1, keepdim=True) + 1e-5)).mul_(w_in)
+    o = resid @ W_V @ W_O
+    return o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * w_final @ W_U
+
+
+def _eff_ov_no_eps(resid, w_in, W_V, W_O, w_final, W_U):  # right up to eps, but reads W_U by rows
+    o = (resid / resid.pow(2).mean(-1, keepdim=True).sqrt() * w_in) @ W_V @ W_O
+    return ((o / o.pow(2).mean(-1, keepdim=True).sqrt() * w_final) @ W_U).T
+
+
 def _resample(z, head, perm):
     out = z.clone()
     out[:, :, head] = z[:, :, head].index_select(0, perm)
@@ -254,7 +275,8 @@ ALTERNATIVES = {
     "k_composition_score": _kcomp, "in_context_learning_score": _icl, "mean_ablation_hook": _mean_hook,
     "restore_keys_hook": _restore_hook, "logit_difference": _ld,
     "patch_head": _patch, "head_patching_map": _loop, "path_patched_query": _pp, "copy_score": _copy,
-    "successor_score": _succ, "ica_matrix": _ica, "mean_ablate_head": _mean_head, "attribution_estimate": _attr,
+    "successor_score": _succ, "ica_matrix": _ica,
+    "effective_ov_head": _eff_ov_head, "mean_ablate_head": _mean_head, "attribution_estimate": _attr,
     "resample_ablate_head": _resample, "control_kl": _kl, "split_total_effect": _split, "covariation_scores": _cov,
     "per_example_grads": _grads, "random_projection": _proj, "per_token_gram": _gram, "sae_loss": _sae,
     "feature_recovery": _recovery, "causal_importance_mask": _mask,
@@ -592,6 +614,8 @@ REALISTIC_WRONG = [
     ("copy_score", _copy_diag_max, "top 1"),
     ("mean_ablate_unit", _inplace_mean_unit, "in place"),
     ("patch_head", _inplace_patch, "in place"),
+    ("effective_ov_head", _eff_ov_inplace, "in place"),
+    ("effective_ov_head", _eff_ov_no_eps, "rows must be input tokens"),
 ]
 
 

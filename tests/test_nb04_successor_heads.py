@@ -8,7 +8,7 @@ import torch
 from mi_tutor import ordinal as O
 from mi_tutor import successor as S
 from mi_tutor.lab import hooks, scores
-from mi_tutor.lab.patching import Patch, ablation_values, patch_heads, run_patched
+from mi_tutor.lab.patching import Patch, ablation_values, patch_heads, patch_hooks, run_patched
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +204,105 @@ def test_path_patch_on_a_gqa_model(smollm2):
     total = float(metric(smollm2(pr.tokens)).mean() - metric(ablated).mean())
     assert eff["total"] == pytest.approx(total, abs=1e-4)
     assert all(np.isfinite(v) for v in eff.values())
+
+
+# ---- successor_sources: recipes, nulls, sources of disagreement, routes ----------------------------
+
+from mi_tutor import successor_sources as SS  # noqa: E402
+from mi_tutor.lab import readout  # noqa: E402
+
+
+def test_effective_ov_head_equals_the_library_table_on_smollm2(smollm2):
+    ot = O.ordinal_tokens(smollm2)
+    resid = readout.resid_after_layer0(smollm2, ot.ids)
+    table = readout.effective_ov(smollm2, ot.ids, resid)
+    L, h = 7, 4
+    kv = hooks.kv_index(smollm2, h)
+    norm_in, norm_f = readout.norm_of(smollm2, smollm2.blocks[L].ln1), readout.norm_of(smollm2)
+    assert norm_in.kind and not norm_in.centred, "SmolLM2 uses RMSNorm"
+    w_in = norm_in.weight
+    got = SS.effective_ov_head(resid, w_in, smollm2.W_V[L, kv].detach(), smollm2.W_O[L, h].detach(), norm_f.weight,
+                               smollm2.W_U[:, ot.ids].detach())
+    assert torch.allclose(got, table[L, h], rtol=1e-3, atol=1e-3)
+
+
+def test_mlp0_recipe_is_the_residual_with_layer0_attention_removed(smollm2):
+    ot = O.ordinal_tokens(smollm2)
+    ids = ot.ids[:6]
+    got = SS.effective_embeddings(smollm2, ids, "MLP0 of the embedding")
+    zeros = torch.zeros_like(hooks.head_outputs(smollm2, ids[:, None], [0])[0])
+    name = hooks.hook_name(0, "resid_post")
+    store = {}
+    fwd = patch_hooks(smollm2, [Patch(0, h, zeros) for h in range(smollm2.cfg.n_heads)])
+    fwd.append((name, lambda act, hook: store.setdefault("x", act.detach().clone())))
+    with torch.no_grad():
+        smollm2.run_with_hooks(ids[:, None], fwd_hooks=fwd)
+    assert torch.allclose(got, store["x"][:, 0], atol=1e-4)  # SmolLM2 has no attention bias: zero z = zero attn_out
+    pos0 = SS.effective_embeddings(smollm2, ids, "position 0, no BOS")
+    after = SS.effective_embeddings(smollm2, ids, "after BOS")
+    assert not torch.allclose(pos0, after) and not torch.allclose(pos0, got)
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        SS.effective_embeddings(smollm2, ids, "mlp0")
+
+
+def test_shuffle_within_category_keeps_blocks_and_diagonal_but_not_succession(task):
+    ot = task.otok
+    n = len(ot)
+    t = S.templates(ot)
+    base = torch.tensor(t["succession"] * 3 + t["category"] + 2 * t["copying"], dtype=torch.float32)
+    eff = base.expand(2, 3, n, n).clone()
+    sh = SS.shuffle_within_category(eff, ot, seed=0)
+    cat, diag = torch.tensor(t["category"]).bool(), torch.eye(n, dtype=torch.bool)
+    for l in range(2):
+        for h in range(3):
+            x = sh[l, h]
+            assert torch.equal(torch.diagonal(x), torch.diagonal(base))
+            assert (x[~cat] == 0).all() and torch.equal(x.sum(), base.sum())
+    assert not torch.equal(sh[0, 0], sh[0, 1]), "each head gets its own permutation"
+    assert (sh[:, :, ~diag] != base[~diag]).any()
+
+
+def test_per_prompt_effects_average_to_the_batched_sweeps(toy, task):
+    pr = task.prompts()
+    eff = SS.per_prompt_effects(toy, pr)
+    assert eff["mean ablation (exact)"].shape == (len(pr), 2, 4)
+    assert torch.allclose(eff["mean ablation (exact)"].mean(0), S.ablation_effects(toy, pr), atol=1e-4)
+    assert torch.allclose(eff["attribution (corrupt)"].mean(0), S.attribution_effects(toy, pr), atol=1e-4)
+    metric = hooks.logprob_metric(pr.target)
+    exact = metric(toy(pr.tokens)).mean() - patch_heads(toy, pr.tokens, pr.corrupt, metric)
+    assert torch.allclose(eff["corrupt patching (exact)"].mean(0), exact, atol=1e-4)
+    table = SS.disagreement_sources({k: eff["mean ablation (exact)"] for k in eff}, k=3, n_boot=20)
+    assert table.loc["baseline: mean vs corrupt", "Spearman"] == 1.0
+    assert table.loc["both: mean ablation vs attribution", "top-3 overlap"] == 1.0
+
+
+def test_attention_to_item_reads_final_query_to_last_item(toy, task):
+    pr = task.prompts()
+    att = SS.attention_to_item(toy, pr)
+    pats = readout.attention_patterns(toy, pr.tokens)
+    assert torch.allclose(att[1, 2], pats[1, :, 2, -1, -2].mean())
+
+
+def test_sender_routes_total_is_the_ablation_and_last_layer_has_no_head_routes(toy, task):
+    pr = task.prompts()
+    abl = S.ablation_effects(toy, pr)
+    r0 = SS.sender_routes(toy, pr, (0, 1))
+    assert r0["total"] == pytest.approx(float(abl[0, 1]), abs=1e-4)
+    r1 = SS.sender_routes(toy, pr, (1, 2))
+    assert r1["total"] == pytest.approx(float(abl[1, 2]), abs=1e-4)
+    assert r1["all later heads' queries"] == 0 and r1["all later heads' keys/values"] == 0
+    # a last-layer sender reaches only its own MLP and the final residual: the routes add up to near the total
+    assert all(np.isfinite(v) for v in r0.values())
+    assert r1["sum of routes"] == pytest.approx(r1["direct (final residual)"] + r1["all MLPs from the sender's layer on"])
+
+
+def test_sender_routes_on_gqa_smollm2(smollm2):
+    ot = O.ordinal_tokens(smollm2)
+    pr = O.successor_prompts(smollm2, ot, n_items=2, per_category=1)
+    r = SS.sender_routes(smollm2, pr, (1, 8))
+    metric = hooks.logprob_metric(pr.target)
+    vals = ablation_values(smollm2, pr.tokens, "mean", reference_tokens=pr.tokens, layers=[1])
+    with torch.no_grad():
+        total = float(metric(smollm2(pr.tokens)).mean() - metric(run_patched(smollm2, pr.tokens, [Patch(1, 8, vals[1])])).mean())
+    assert r["total"] == pytest.approx(total, abs=1e-4)
+    assert all(np.isfinite(v) for v in r.values())

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from .. import successor as S
+from .. import successor_sources as SS
 from .core import Exercise, Mistake, register
 
 NB = "04_successor_heads"
@@ -242,5 +243,72 @@ register(Exercise(
                 _attr_wrong_sign),
         Mistake("you summed over the batch instead of averaging over prompts", _attr_sum_batch),
         Mistake("you used only the last position; a head's output at every position can matter", _attr_last_pos),
+    ],
+))
+
+
+# ---- effective OV circuit of one head -------------------------------------------------------
+
+def _ov_case(rng: np.random.Generator, n: int, d: int, e: int):
+    t = lambda *s, scale=1.0: torch.tensor(rng.normal(size=s) * scale, dtype=torch.float32)
+    resid = t(n, d, scale=3.0) + t(1, d, scale=2.0)  # a shared offset: the norms matter
+    w_in = torch.tensor(rng.uniform(0.3, 2.0, size=d), dtype=torch.float32)
+    w_final = torch.tensor(rng.uniform(0.3, 2.0, size=d), dtype=torch.float32)
+    return (resid, w_in, t(d, e), t(e, d, scale=5.0), w_final, t(d, n)), {}
+
+
+def _ov_no_input_norm(resid, w_in, W_V, W_O, w_final, W_U):
+    return SS.rms_norm(resid @ W_V @ W_O, w_final) @ W_U
+
+
+def _ov_no_final_norm(resid, w_in, W_V, W_O, w_final, W_U):
+    return SS.rms_norm(resid, w_in) @ W_V @ W_O @ W_U
+
+
+def _ov_no_weights(resid, w_in, W_V, W_O, w_final, W_U):
+    one = torch.ones_like(w_in)
+    return SS.rms_norm(SS.rms_norm(resid, one) @ W_V @ W_O, one) @ W_U
+
+
+def _ov_l2(resid, w_in, W_V, W_O, w_final, W_U):
+    unit = lambda x, w: x / x.norm(dim=-1, keepdim=True) * w
+    return unit(unit(resid, w_in) @ W_V @ W_O, w_final) @ W_U
+
+
+def _ov_transposed(resid, w_in, W_V, W_O, w_final, W_U):
+    return SS.effective_ov_head(resid, w_in, W_V, W_O, w_final, W_U).T.contiguous()
+
+
+def _ov_layernorm(resid, w_in, W_V, W_O, w_final, W_U):
+    ln = lambda x, w: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-5) * w
+    return ln(ln(resid, w_in) @ W_V @ W_O, w_final) @ W_U
+
+
+def _ov_final_on_sum(resid, w_in, W_V, W_O, w_final, W_U):
+    x = SS.rms_norm(resid, w_in)
+    return SS.rms_norm(resid + x @ W_V @ W_O, w_final) @ W_U
+
+
+register(Exercise(
+    name="effective_ov_head",
+    notebook=NB,
+    reference=SS.effective_ov_head,
+    cases=lambda rng: [_ov_case(rng, 5, 8, 3), _ov_case(rng, 7, 6, 2), _ov_case(rng, 4, 10, 4)],
+    rtol=1e-3, atol=1e-4,
+    hints=[
+        "RMSNorm divides each vector by sqrt(mean(x**2) + 1e-5) over its last axis, then multiplies by the weight.",
+        "Three steps in order: the head's input norm on resid; then @ W_V @ W_O (what the head writes); then the "
+        "final norm and @ W_U.",
+        "Build new tensors (x = x / ...), never x /= ... on an input: resid belongs to the caller.",
+    ],
+    mistakes=[
+        Mistake("you skipped the head's input norm: a head reads rms_norm(resid, w_in), not resid", _ov_no_input_norm),
+        Mistake("you skipped the final norm before the unembedding", _ov_no_final_norm),
+        Mistake("you left out the norms' weights (w_in, w_final)", _ov_no_weights),
+        Mistake("you divided by the vector's length instead of its root-mean-square (they differ by sqrt(d_model))", _ov_l2),
+        Mistake("you returned [output, input]: rows must be input tokens", _ov_transposed),
+        Mistake("you used LayerNorm (subtracting the mean); this model's norm is RMSNorm", _ov_layernorm),
+        Mistake("you normalised the residual stream plus the head's output; the effective OV circuit reads the head's "
+                "output on its own", _ov_final_on_sum),
     ],
 ))

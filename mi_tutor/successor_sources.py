@@ -1,0 +1,363 @@
+"""Successor heads, part two: does the model have one, and where do the methods' disagreements come from?
+
+`successor` holds the four methods. This module holds the controls a careful reading needs:
+
+- `effective_embeddings` / `recipe_table`: the "effective embedding" a head's OV circuit is fed
+  decides its successor score. Three recipes: MLP0 of the embedding with layer 0's attention
+  skipped (Gould et al. 2023, arXiv 2312.09230), the token placed after BOS (a real position 1),
+  and the token alone at position 0 (where attention-sink artefacts live). A head *qualifies*
+  as a successor head at a score above `QUALIFY` (0.4, the threshold of a public replication
+  of Gould et al.'s score).
+- `ica_null`: FastICA on head tables whose tokens are relabelled within category independently
+  per head (category and copying structure kept, shared succession destroyed): the null
+  distribution of the best succession correlation.
+- `per_prompt_effects`, `disagreement_sources`: exact mean ablation, exact patching from the
+  corrupted prompts and attribution patching from the same prompts, per prompt, so that the
+  disagreement splits into baseline, linearisation and prompt noise (bootstrap over prompts),
+  read with top-k overlap beside Spearman.
+- `attention_to_item`: do the heads with successor OV circuits attend to the item?
+- `sender_routes`: a sender's effect split by the first component that reads it: all later
+  heads' queries, all later heads' keys/values, all MLPs from the sender's own layer on, or
+  the final residual stream directly.
+- `effective_ov_head`: one head's effective OV table from plain tensors (the exercise).
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+
+from .lab.hooks import Head, head_label, head_outputs, hook_name, logprob_metric, top_heads
+from .lab.patching import Patch, ablation_values, copies_runner
+from .lab.readout import attention_patterns, attention_to, effective_ov, resid_after_layer0
+from .lab.scores import bootstrap, spearman, top_k_overlap
+from .ordinal import OrdinalTokens, SuccessorPrompts
+from .successor import run_ica
+
+#: A head is called a successor head above this score (the public replication's threshold).
+QUALIFY = 0.4
+RECIPES = ("MLP0 of the embedding", "after BOS", "position 0, no BOS")
+
+
+# --------------------------------------------------------------------------------------
+# Effective embeddings: three recipes
+# --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def effective_embeddings(model, ids: torch.Tensor, recipe: str) -> torch.Tensor:
+    """The residual stream a head's effective OV circuit is fed for each token, ``[n, d_model]``.
+
+    - "MLP0 of the embedding": embed(t) + MLP0(embed(t)), layer 0's attention output set to
+      zero (Gould et al.'s MLP0(W_E); on GPT-2 the position-0 embedding is included);
+    - "after BOS": the residual after layer 0 at position 1 of the sequence [BOS, t];
+    - "position 0, no BOS": the residual after layer 0 for t alone (`lab.readout.resid_after_layer0`).
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    if recipe == RECIPES[2]:
+        return resid_after_layer0(model, ids)
+    name = hook_name(0, "resid_post")
+    if recipe == RECIPES[1]:
+        bos = model.to_tokens("", prepend_bos=True)[0, :1]
+        toks = torch.stack([bos.expand(len(ids)), ids], 1)
+        _, cache = model.run_with_cache(toks, names_filter=lambda n: n == name)
+        return cache[name][:, 1].clone()
+
+    def no_attention(act, hook):
+        return torch.zeros_like(act)
+
+    store = {}
+
+    def keep(act, hook):
+        store["x"] = act.detach().clone()
+        return act
+
+    model.run_with_hooks(ids[:, None], fwd_hooks=[(hook_name(0, "attn_out"), no_attention), (name, keep)])
+    return store["x"][:, 0]
+
+
+def recipe_tables(model, otok: OrdinalTokens) -> dict[str, torch.Tensor]:
+    """{recipe: effective OV tables [n_layers, n_heads, n, n]} for the three recipes."""
+    return {r: effective_ov(model, otok.ids, effective_embeddings(model, otok.ids, r)) for r in RECIPES}
+
+
+def recipe_table(scores: dict[str, torch.Tensor], chance: float):
+    """One row per recipe: best head, its score, x chance, how many heads pass `QUALIFY` (a DataFrame)."""
+    import pandas as pd
+
+    rows = []
+    for r, s in scores.items():
+        (l, h), = top_heads(s, 1)
+        rows.append({"recipe": r, "best head": head_label((l, h)), "score": round(float(s[l, h]), 3),
+                     "x chance": round(float(s[l, h]) / chance, 1), f"heads > {QUALIFY}": int((s > QUALIFY).sum())})
+    return pd.DataFrame(rows).set_index("recipe")
+
+
+# --------------------------------------------------------------------------------------
+# ICA against a shuffled-head null
+# --------------------------------------------------------------------------------------
+
+
+def shuffle_within_category(eff_ov: torch.Tensor, otok: OrdinalTokens, seed: int = 0) -> torch.Tensor:
+    """Relabel each head's tokens by its own random within-category permutation (rows and columns alike).
+
+    Category blocks and the copying diagonal survive in every head; a succession line shared
+    across heads does not (each head's is scrambled differently).
+    """
+    g = torch.Generator().manual_seed(seed)
+    L, H, n, _ = eff_ov.shape
+    out = torch.empty_like(eff_ov)
+    groups = [otok.in_category(c) for c in range(len(otok.category_names))]
+    for l in range(L):
+        for h in range(H):
+            perm = torch.arange(n)
+            for idx in groups:
+                perm[idx] = idx[torch.randperm(len(idx), generator=g)]
+            out[l, h] = eff_ov[l, h][perm][:, perm]
+    return out
+
+
+def ica_null(eff_ov: torch.Tensor, otok: OrdinalTokens, n_components: int = 16, n_null: int = 10,
+             seed: int = 0) -> np.ndarray:
+    """Best succession correlation of any ICA component on `n_null` shuffled-head tables, ``[n_null]``."""
+    out = []
+    for i in range(n_null):
+        res = run_ica(shuffle_within_category(eff_ov, otok, seed + 1 + i), otok, n_components, seed=seed)
+        out.append(float(res.template_corr[:, 0].max()))
+    return np.array(out)
+
+
+# --------------------------------------------------------------------------------------
+# Per-prompt effects: the sources of disagreement
+# --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _replace_per_prompt(model, tokens, values, metric, max_rows: int = 512) -> torch.Tensor:
+    """Metric per prompt with each head replaced by `values` in turn, ``[batch, n_layers, n_heads]``."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    B = tokens.shape[0]
+    run = copies_runner(model, tokens)
+    heads = [(l, h) for l in range(L) for h in range(H)]
+    out = torch.empty(B, L, H)
+    per = max(1, max_rows // B)
+    base = None
+    for i in range(0, len(heads), per):
+        chunk = heads[i:i + per]
+        logits = run([[Patch(l, h, values[l])] for l, h in chunk])  # [1 + n, B, 1, vocab]
+        m = torch.stack([metric(x).float() for x in logits])  # [1 + n, B]
+        base = m[0]
+        for (l, h), v in zip(chunk, m[1:]):
+            out[:, l, h] = v
+    return base[:, None, None] - out
+
+
+def attribution_per_prompt(model, tokens: torch.Tensor, source: dict[int, torch.Tensor], metric) -> torch.Tensor:
+    """`lab.patching.attribution_patch_heads`, kept per prompt: ``[batch, n_layers, n_heads]`` estimated changes.
+
+    One forward and one backward pass: prompts do not interact, so the gradient of the summed
+    metric holds each prompt's own gradient. `source` is ``head_outputs`` of the source prompts.
+    """
+    store: dict[int, torch.Tensor] = {}
+
+    def keep(layer):
+        def hook(z, hook):
+            z.retain_grad()
+            store[layer] = z
+            return z
+        return hook
+
+    def seed_graph(x, hook):
+        return x if x.requires_grad else x.detach().requires_grad_(True)
+
+    fwd = [("hook_embed", seed_graph)] + [(hook_name(l, "z"), keep(l)) for l in range(model.cfg.n_layers)]
+    with torch.enable_grad():
+        metric(model.run_with_hooks(tokens, fwd_hooks=fwd)).float().sum().backward()
+    est = torch.stack([((source[l] - store[l].detach()) * store[l].grad).sum(-1).sum(1) for l in range(model.cfg.n_layers)], 1)
+    model.zero_grad(set_to_none=True)
+    return est.detach()
+
+
+def per_prompt_effects(model, prompts: SuccessorPrompts) -> dict[str, torch.Tensor]:
+    """Drop in log p(successor) per prompt and head, ``{name: [P, n_layers, n_heads]}`` (positive = the head helps).
+
+    - "mean ablation (exact)": each head's output replaced by its mean over the prompts;
+    - "corrupt patching (exact)": replaced by its value on the prompt's corrupted twin;
+    - "attribution (corrupt)": attribution patching's linear estimate of the same patch.
+    """
+    metric = logprob_metric(prompts.target)
+    mean = ablation_values(model, prompts.tokens, "mean", prompts.tokens)
+    corrupt = head_outputs(model, prompts.corrupt)
+    out = {"mean ablation (exact)": _replace_per_prompt(model, prompts.tokens, mean, metric),
+           "corrupt patching (exact)": _replace_per_prompt(model, prompts.tokens, corrupt, metric)}
+    out["attribution (corrupt)"] = -attribution_per_prompt(model, prompts.tokens, corrupt, metric)
+    return out
+
+
+def _pair_stats(a: torch.Tensor, b: torch.Tensor, k: int) -> tuple[float, float]:
+    return spearman(a, b), top_k_overlap(a, b, k)
+
+
+def disagreement_sources(effects: dict[str, torch.Tensor], k: int = 10, n_boot: int = 200, seed: int = 0):
+    """The disagreement between mean ablation and attribution, split into its sources (a DataFrame).
+
+    Rows: baseline (mean vs corrupt, both exact), linearisation (exact vs attribution, same
+    corrupt baseline), both together, and prompt noise (each method on bootstrap resamples
+    of the prompts against itself on all prompts: mean and 95% range). Columns: Spearman over all heads and top-`k` overlap,
+    each with a 95% bootstrap interval over prompts.
+    """
+    import pandas as pd
+
+    m, c, a = effects["mean ablation (exact)"], effects["corrupt patching (exact)"], effects["attribution (corrupt)"]
+    pairs = {"baseline: mean vs corrupt": (m, c),
+             "linearisation: exact vs attribution": (c, a),
+             "both: mean ablation vs attribution": (m, a)}
+    rows = []
+    for name, (x, y) in pairs.items():
+        both = torch.stack([x, y], 1)  # [P, 2, L, H]
+        sp = bootstrap(both, lambda t: spearman(t[:, 0].mean(0), t[:, 1].mean(0)), n=n_boot, seed=seed)
+        ov = bootstrap(both, lambda t: top_k_overlap(t[:, 0].mean(0), t[:, 1].mean(0), k), n=n_boot, seed=seed)
+        rows.append({"source": name, "Spearman": sp.value, "Spearman 95%": f"[{sp.low:.2f}, {sp.high:.2f}]",
+                     f"top-{k} overlap": ov.value, f"top-{k} 95%": f"[{ov.low:.2f}, {ov.high:.2f}]"})
+    g = torch.Generator().manual_seed(seed)
+    P = m.shape[0]
+    draws = [torch.randint(0, P, (P,), generator=g) for _ in range(n_boot)]
+    for name, x in {"prompt noise: mean ablation": m, "prompt noise: attribution": a}.items():
+        full = x.mean(0)
+        sp = np.array([spearman(x[i].mean(0), full) for i in draws])
+        ov = np.array([top_k_overlap(x[i].mean(0), full, k) for i in draws])
+        rows.append({"source": name, "Spearman": float(sp.mean()),
+                     "Spearman 95%": f"[{np.quantile(sp, 0.025):.2f}, {np.quantile(sp, 0.975):.2f}]",
+                     f"top-{k} overlap": float(ov.mean()),
+                     f"top-{k} 95%": f"[{np.quantile(ov, 0.025):.2f}, {np.quantile(ov, 0.975):.2f}]"})
+    return pd.DataFrame(rows).set_index("source").round(2)
+
+
+def top_head_stability(per_prompt: torch.Tensor, k: int = 5, n_boot: int = 200, seed: int = 0) -> dict[str, float]:
+    """For each of the top-`k` heads (all prompts), the share of bootstrap resamples that keep it in the top `k`."""
+    g = torch.Generator().manual_seed(seed)
+    P = per_prompt.shape[0]
+    top = top_heads(per_prompt.mean(0), k)
+    hits = {h: 0 for h in top}
+    for _ in range(n_boot):
+        idx = torch.randint(0, P, (P,), generator=g)
+        now = set(top_heads(per_prompt[idx].mean(0), k))
+        for h in top:
+            hits[h] += h in now
+    return {head_label(h): hits[h] / n_boot for h in top}
+
+
+def attention_to_item(model, prompts: SuccessorPrompts) -> torch.Tensor:
+    """Mean attention from the final comma to the last item (position -2), per head: ``[n_layers, n_heads]``."""
+    B, T = prompts.tokens.shape
+    return attention_to(attention_patterns(model, prompts.tokens), torch.full((B,), T - 1), torch.full((B,), T - 2))
+
+
+# --------------------------------------------------------------------------------------
+# Where a sender's effect goes: all receivers of each kind
+# --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sender_routes(model, prompts: SuccessorPrompts, sender: Head) -> dict[str, float]:
+    """Split a mean-ablated sender's effect by the first component that reads its change.
+
+    delta = the change of the sender's output (mean minus clean, through W_O). Each route's
+    receivers read clean + delta (exactly what they would read if only the direct edge from
+    the sender changed); everything downstream of them recomputes. Routes: "direct" (the
+    final residual stream), "all later heads' queries", "all later heads' keys/values" and
+    "all MLPs from the sender's layer on" (the sender's own MLP reads it first). Also "total"
+    (the sender ablated outright) and "sum of routes". Drops in log p(successor).
+    """
+    tokens, metric = prompts.tokens, logprob_metric(prompts.target)
+    ls, hs = sender
+    L = model.cfg.n_layers
+    mean = ablation_values(model, tokens, "mean", tokens, layers=[ls])[ls]
+    z = head_outputs(model, tokens, [ls])[ls]
+    delta = torch.einsum("bpe,ed->bpd", mean[:, :, hs] - z[:, :, hs], model.W_O[ls, hs].detach())
+    names = {s: [hook_name(l, s) for l in range(L)] for s in ("resid_pre", "resid_mid", "resid_post", "q", "k", "v", "mlp_out")}
+    want = set(sum(names.values(), []))
+    _, clean = model.run_with_cache(tokens, names_filter=lambda n: n in want)
+    base = float(metric(model(tokens)).mean())
+
+    # the edge run: every receiver of the sender reads clean + delta
+    captured = {}
+
+    def force(name):
+        def hook(act, hook):
+            return clean[name] + delta
+        return hook
+
+    def keep(name):
+        def hook(act, hook):
+            captured[name] = act.detach().clone()
+            return act
+        return hook
+
+    fwd = []
+    for l in range(ls, L):
+        if l > ls:
+            fwd.append((names["resid_pre"][l], force(names["resid_pre"][l])))
+        fwd.append((names["resid_mid"][l], force(names["resid_mid"][l])))
+        fwd.append((names["mlp_out"][l], keep(names["mlp_out"][l])))
+        if l > ls:
+            fwd += [(names[s][l], keep(names[s][l])) for s in ("q", "k", "v")]
+    model.run_with_hooks(tokens, fwd_hooks=fwd)
+
+    def put(name):
+        def hook(act, hook):
+            return captured[name]
+        return hook
+
+    def drop(hooks_) -> float:
+        return base - float(metric(model.run_with_hooks(tokens, fwd_hooks=hooks_)).mean())
+
+    last = names["resid_post"][L - 1]
+    out = {"total": drop([(hook_name(ls, "z"), _patch_head(hs, mean))])}
+    out["direct (final residual)"] = drop([(last, lambda act, hook: act + delta)])
+    out["all later heads' queries"] = drop([(names["q"][l], put(names["q"][l])) for l in range(ls + 1, L)])
+    out["all later heads' keys/values"] = drop([(names[s][l], put(names[s][l])) for l in range(ls + 1, L) for s in "kv"])
+    out["all MLPs from the sender's layer on"] = drop([(names["mlp_out"][l], put(names["mlp_out"][l])) for l in range(ls, L)])
+    out["sum of routes"] = sum(v for k, v in out.items() if k != "total")
+    return out
+
+
+def _patch_head(head: int, value: torch.Tensor):
+    def hook(act, hook):
+        act = act.clone()
+        act[:, :, head] = value[:, :, head]
+        return act
+    return hook
+
+
+# --------------------------------------------------------------------------------------
+# The exercise: one head's effective OV circuit from plain tensors
+# --------------------------------------------------------------------------------------
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """RMSNorm: x / sqrt(mean(x^2) + eps) * weight, over the last axis (a new tensor)."""
+    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * weight
+
+
+def effective_ov_head(resid: torch.Tensor, w_in: torch.Tensor, W_V: torch.Tensor, W_O: torch.Tensor,
+                      w_final: torch.Tensor, W_U: torch.Tensor) -> torch.Tensor:
+    """One head's effective OV table on an RMSNorm model, ``[n, n]`` (row = input token, column = output token).
+
+    Args:
+        resid: [n, d_model] effective embeddings of the n tokens.
+        w_in: [d_model] the head's input RMSNorm weight; W_V: [d_model, d_head]; W_O: [d_head, d_model].
+        w_final: [d_model] the final RMSNorm weight; W_U: [d_model, n] unembedding columns of the n tokens.
+
+    Returns:
+        rms_norm(rms_norm(resid, w_in) @ W_V @ W_O, w_final) @ W_U (eps 1e-5), a new tensor.
+    """
+    return rms_norm(rms_norm(resid, w_in) @ W_V @ W_O, w_final) @ W_U
+
+
+__all__ = [
+    "QUALIFY", "RECIPES", "effective_embeddings", "recipe_tables", "recipe_table", "shuffle_within_category",
+    "ica_null", "per_prompt_effects", "disagreement_sources", "top_head_stability", "attention_to_item",
+    "sender_routes", "rms_norm", "effective_ov_head",
+]

@@ -19,7 +19,7 @@ and a path-patching test of why a head can matter without having a successor OV 
 4. **Attribution.** `attribution_effects`: attribution patching from corrupted prompts
    (same category, no succession) into clean ones, per head: 2 forwards + 1 backward.
 
-Then `disagreements`, `high_ablation_low_weight` and `path_patch_effects` (the rank
+Then `disagreements` and `high_ablation_low_weight`; where a head's effect goes is in `successor_sources` (the rank
 statistics themselves are in `lab.scores`).
 
 The toy model (`ToyTask`, `train_toy`) is a 2-layer transformer trained on comma-separated
@@ -37,9 +37,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .lab.hooks import Head, head_label, head_outputs, hook_name, logprob_metric
-from .lab.patching import (Patch, ablate_heads, ablation_values, attribution_patch_heads, copies_runner, heads_replaced,
-                           patch_heads, path_patch, run_patched)
+from .lab.hooks import Head, head_label, head_outputs, logprob_metric
+from .lab.patching import (ablate_heads, attribution_patch_heads, copies_runner, heads_replaced,
+                           patch_heads)
 from .lab.readout import effective_ov
 from .lab.scores import ranks
 from .ordinal import OrdinalTokens, SuccessorPrompts, successor_prompts
@@ -486,49 +486,6 @@ def high_ablation_low_weight(scores: dict[str, torch.Tensor], top: int = 5, low:
     return out
 
 
-@torch.no_grad()
-def path_patch_effects(model, prompts: SuccessorPrompts, sender: tuple[int, int],
-                       receivers: Sequence[tuple[int, int]]) -> dict[str, float]:
-    """Where does a head's ablation effect go? Path patching of a mean-ablated sender.
-
-    Run A mean-ablates the sender (mean over the prompts); run B is clean except that some
-    *receiving* activations take their run-A values. The drop in log p(successor):
-
-    - ``total``: the sender ablated outright (run A);
-    - ``via receivers' queries``: only the queries of the `receivers` heads (Q-composition);
-    - ``via receivers' keys+values``: only their keys and values (K/V-composition; on
-      grouped-query models this patches the whole key/value group);
-    - ``via later MLPs``: only the inputs of every MLP after the sender's layer;
-    - ``direct``: only the sender's own contribution to the final residual stream.
-
-    Run A's values include everything upstream of the receiver (paths through
-    intermediate heads too), so the parts need not add up to the total.
-    """
-    tokens, metric = prompts.tokens, logprob_metric(prompts.target)
-    ls, hs = sender
-    n_layers = model.cfg.n_layers
-    mean = ablation_values(model, tokens, "mean", tokens, layers=[ls])
-    clean = float(metric(model(tokens)).mean())
-    out = {"total": clean - float(metric(run_patched(model, tokens, [Patch(ls, hs, mean[ls])])).mean())}
-
-    def via(receivers) -> float:
-        lp = path_patch(model, tokens, None, metric, [sender], receivers, freeze=False, sender_values=mean)
-        return clean - float(lp[0])
-
-    out["via receivers' queries"] = via([(l, h, "q") for l, h in receivers])
-    out["via receivers' keys+values"] = via([(l, h, site) for l, h in receivers for site in ("k", "v")])
-    if not getattr(model.cfg, "attn_only", False) and ls + 1 < n_layers:
-        out["via later MLPs"] = via([(l, None, "resid_mid") for l in range(ls + 1, n_layers)])
-    # direct: remove the sender's output from the final residual stream only
-    z = head_outputs(model, tokens, [ls])[ls]
-    delta = torch.einsum("bpe,ed->bpd", mean[ls][:, :, hs] - z[:, :, hs], model.W_O[ls, hs].detach())
-    last = hook_name(n_layers - 1, "resid_post")
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == last)
-    direct = run_patched(model, tokens, [Patch(n_layers - 1, None, cache[last] + delta, "resid_post")])
-    out["direct"] = clean - float(metric(direct).mean())
-    return out
-
-
 # --------------------------------------------------------------------------------------
 # Ground truth on the toy, and the four methods together
 # --------------------------------------------------------------------------------------
@@ -625,6 +582,6 @@ __all__ = [
     "interchange_flip_rates", "flip_rates_of_sets", "flip_rate_of_heads", "successor_score",
     "successor_scores", "category_scores", "ica_matrix", "templates", "row_centre", "ICAResult", "run_ica",
     "mean_ablate_head", "ablation_effects", "attribution_estimate", "attribution_effects",
-    "disagreements", "high_ablation_low_weight", "path_patch_effects", "minimal_flip_set", "layer_flip_rates",
+    "disagreements", "high_ablation_low_weight", "minimal_flip_set", "layer_flip_rates",
     "known_succession_heads", "recovery", "FourMethods", "four_methods", "recovery_table",
 ]

@@ -196,7 +196,7 @@ def test_path_patching_equals_a_hand_written_two_step_run(gpt2_arch, gpt2_ds):
         P.path_patch(model, ds.tokens, ds.abc_tokens, ds.metric, [(1, 0)], [receiver])
 
 
-def test_path_patching_reaches_keys_values_and_mlp_inputs_on_gqa(smollm2, smol_ds):
+def test_path_patching_reaches_keys_values_and_residual_sites_on_gqa(smollm2, smol_ds):
     ds, n = smol_ds, smollm2.cfg.n_layers
     base = float(ds.metric(smollm2(ds.tokens)).mean())
     kv = P.path_patch(smollm2, ds.tokens, ds.abc_tokens, ds.metric, [(n - 4, 0)], [(n - 2, 1, "k"), (n - 2, 1, "v")])

@@ -549,7 +549,8 @@ def path_patch(
 
     Args:
         receivers: (layer, head) pairs read at `site`, or (layer, head, site) triples to mix
-            sites; a residual site takes head None, e.g. ``(20, None, "resid_mid")`` (an MLP's input).
+            sites; a residual site takes head None, e.g. ``(20, None, "resid_mid")``: the whole residual stream
+            there is replaced (not only what the MLP reads), so later layers see it too.
 
     Returns:
         metric per sender, ``[len(senders)]`` (compare with the unpatched target's metric).

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from .lab.hooks import Head, all_heads, head_label, head_outputs
-from .lab.patching import (KINDS, Kind, Patch, ablation_values, copies_runner, heads_replaced, patch_hooks, run_copies,
-                           run_patched)
+from .lab.patching import (KINDS, Kind, Patch, ablation_values, copies_runner, heads_replaced, patch_hooks, run_copies)
 from .lab.readout import DLA, direct_logit_attribution, entropy, kl_div
 from .lab.scores import ranks
 
@@ -173,6 +172,7 @@ class Sweep:
     drop: torch.Tensor
     kl: torch.Tensor
     entropy_change: torch.Tensor
+    per_prompt: torch.Tensor | None = None  # [n_groups, batch] drop on each prompt (for bootstrap intervals)
 
     def table(self, n_layers: int, n_heads: int, what: str = "drop") -> torch.Tensor:
         """Single-head results as [n_layers, n_heads] (NaN where not measured)."""
@@ -202,18 +202,20 @@ def sweep(model, tokens: torch.Tensor, values: dict[int, torch.Tensor], metric: 
     batch = tokens.shape[0]
     per = max(1, max_rows // batch - 1)
     run = copies_runner(model, tokens)  # the patching engine; fast_llama on SmolLM2
-    drops, kls, ents, clean = [], [], [], None
+    drops, kls, ents, pps, clean = [], [], [], [], None
     for i in range(0, len(groups), per):
         chunk = groups[i:i + per]
         logits = run([[Patch(l, h, values[l]) for l, h in g] for g in chunk])
         last = logits[:, :, -1]  # [1 + n, batch, vocab]
-        m = torch.stack([metric(x).float().mean() for x in logits])
+        mp = torch.stack([metric(x).float() for x in logits])  # [1 + n, batch]
+        m = mp.mean(-1)
         clean = float(m[0])
         drops.append(m[0] - m[1:])
+        pps.append(mp[0] - mp[1:])
         kls.append(kl_div(last[:1], last[1:]).mean(-1))
         e = entropy(last).mean(-1)
         ents.append(e[1:] - e[0])
-    return Sweep(groups, clean, torch.cat(drops), torch.cat(kls), torch.cat(ents))
+    return Sweep(groups, clean, torch.cat(drops), torch.cat(kls), torch.cat(ents), torch.cat(pps))
 
 
 def task_sweeps(model, task: Task, kinds: Sequence[str] = KINDS, max_rows: int = 96) -> dict[str, Sweep]:
@@ -523,17 +525,17 @@ def scrub(model, task: Task, keep: Sequence[Head], n_random: int = 3, seed: int 
     perm = derangement(len(task), seed)
     other = {l: v[perm] for l, v in z.items()}
 
-    def ld(replaced):
-        return float(task.metric(run_patched(model, task.tokens, heads_replaced(replaced, other))).mean())
-
-    clean = float(task.metric(model(task.tokens)).mean())
-    scrubbed = ld([h for h in heads if h not in keep])
     rng = np.random.default_rng(seed)
-    rand = []
-    for _ in range(n_random):
-        pick = {heads[i] for i in rng.choice(len(heads), len(keep), replace=False)}
-        rand.append(ld([h for h in heads if h not in pick]))
-    return Scrub(len(keep), clean, scrubbed, rand, ld(heads))
+    picks = [{heads[i] for i in rng.choice(len(heads), len(keep), replace=False)} for _ in range(n_random)]
+    sets = [[h for h in heads if h not in keep]] + [[h for h in heads if h not in p] for p in picks] + [heads]
+    run = copies_runner(model, task.tokens)  # the engine's fastest exact backend, a few copies per pass
+    per = max(1, 160 // len(task) - 1)
+    lds = []
+    for i in range(0, len(sets), per):
+        logits = run([[Patch(l, h, other[l]) for l, h in s] for s in sets[i:i + per]])
+        clean = float(task.metric(logits[0]).mean())
+        lds += [float(task.metric(x).mean()) for x in logits[1:]]
+    return Scrub(len(keep), clean, lds[0], lds[1:-1], lds[-1])
 
 
 # --------------------------------------------------------------------------------------

@@ -14,11 +14,6 @@ from .lab.patching import heads_replaced, run_patched
 from .lab.readout import direct_logit_attribution, entropy, kl_div
 from .plots import finish
 
-
-
-
-
-
 @dataclass
 class LabResult:
     """One ablation experiment: task effect, damage, entropy and compensation."""
@@ -186,6 +181,27 @@ def plot_lens_probe(lens: dict[str, torch.Tensor], probe: torch.Tensor | None = 
     return finish(fig, tight_layout=True)
 
 
+def plot_flip(flips: dict, title: str = ""):
+    """Per task: each prompt's share of the way to B's answer, for the named heads, random head sets and damage."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(flips), figsize=(5.2 * len(flips), 3.4), squeeze=False)
+    for ax, (t, f) in zip(axes[0], flips.items()):
+        groups = {"named heads\n(from B)": f.moved(), "random heads\n(from B)": f.moved(f.random).flatten()}
+        if f.damaged is not None:
+            groups["named heads\nmean-ablated"] = f.moved(f.damaged)
+        ax.boxplot([g.numpy() for g in groups.values()], showfliers=False)
+        for i, g in enumerate(groups.values(), start=1):
+            ax.scatter(np.full(len(g), i) + np.linspace(-0.15, 0.15, len(g)), g.numpy(), s=6, alpha=0.4)
+        ax.set_xticks(range(1, len(groups) + 1), list(groups), fontsize=8)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axhline(1, color="k", lw=0.5, ls="--")
+        ax.set_ylabel("share of the way to B's answer")
+        ax.set_title(f"{t}: {', '.join(head_label(h) for h in f.heads)}", fontsize=9)
+    fig.suptitle(title)
+    return finish(fig, tight_layout=True)
+
+
 def plot_lab(lab: Lab, task: str, heads: str, kind: str):
     """The ablation lab view: task effect, damage on control text, entropy changes, compensation."""
     import matplotlib.pyplot as plt
@@ -206,6 +222,106 @@ def plot_lab(lab: Lab, task: str, heads: str, kind: str):
                      f"compensation {rep.compensation:+.2f}")
     axes[2].title.set_fontsize(9)
     return finish(fig, tight_layout=True)
+
+
+# --------------------------------------------------------------------------------------
+# Readings generated from the values (the prose of the notebook branches on these)
+# --------------------------------------------------------------------------------------
+
+
+def early_reading(effects: dict[str, dict[str, torch.Tensor]], last_early_layer: int = 3, k: int = 10) -> list[str]:
+    """Per task: how many of the top-`k` heads under zero and under resample ablation sit in layers 0..`last_early_layer`."""
+    from .lab.hooks import top_heads
+
+    out = []
+    for t, tabs in effects.items():
+        z = sum(layer <= last_early_layer for layer, _ in top_heads(tabs["zero"], k))
+        r = sum(layer <= last_early_layer for layer, _ in top_heads(tabs["resample"], k))
+        verdict = ("zero ablation favours early heads here" if z > k // 2 and z > r else
+                   "zero ablation does not favour early heads here" if z <= k // 2 else
+                   "early heads rank high under both")
+        out.append(f"{t}: top-{k} in layers 0-{last_early_layer}: zero {z}/{k}, resample {r}/{k} -> {verdict}")
+    return out
+
+
+def baseline_reading(effects: dict[str, torch.Tensor], task: str, mean_removes: str, resample_removes: str) -> str:
+    """The head whose rank differs most between mean and resample ablation, and why (what each baseline removes)."""
+    from .lab.scores import ranks
+
+    rm, rr = ranks(effects["mean"]), ranks(effects["resample"])
+    gap = (rm - rr).abs()
+    i = int(torch.argmax(gap))
+    h = (i // gap.shape[1], i % gap.shape[1])
+    n = gap.numel()
+    head = head_label(h)
+    if int(gap[h]) < n // 4:
+        return (f"{task}: mean and resample ablation rank every head within {int(gap[h])} places of each other "
+                f"(largest gap {head}): here the two baselines remove about the same information.")
+    return (f"{task}: {head} is rank {int(rm[h])} of {n} under mean ablation and {int(rr[h])} under resample. "
+            f"The mean baseline removes {mean_removes}; resample removes only {resample_removes}. "
+            "The two 'on-distribution' ablations ask different questions, so they can disagree even in sign: "
+            "name the information your baseline removes.")
+
+
+def pair_reading(pairs, single_rank: torch.Tensor, n: int, k: int = 3) -> list[str]:
+    """The `k` pairs with the largest interaction, each labelled from its numbers: OR-like backup (both alone
+    help, together much more) or a negative head (its own ablation RAISES the metric) whose effect
+    depends on what the other head writes (copy suppression, McDougall et al. 2023, arXiv 2310.04625)."""
+    out = []
+    for a, b, inter in pairs.strongest(k):
+        ia, ib = pairs.heads.index(a), pairs.heads.index(b)
+        sa, sb, sab = float(pairs.single[ia]), float(pairs.single[ib]), float(pairs.pair[ia, ib])
+        neg = [head_label(h) for h, v in ((a, sa), (b, sb)) if v < 0]
+        if neg:
+            label = (f"not a backup: ablating {', '.join(neg)} alone RAISES the logit difference (a negative head); "
+                     "its suppression depends on what the other head writes")
+        elif sa > 0 and sb > 0 and inter > 0:
+            label = "OR-like: each alone helps, together they matter more than the sum"
+        else:
+            label = "interaction without a clear backup pattern"
+        out.append(f"{head_label(a)} + {head_label(b)}: alone {sa:+.2f} and {sb:+.2f}, together {sab:+.2f} "
+                   f"(interaction {inter:+.2f}); single-ablation ranks {int(single_rank[a])} and {int(single_rank[b])} "
+                   f"of {n} -> {label}")
+    return out
+
+
+def scrub_reading(sc: Scrub, tolerance: float = 0.2) -> str:
+    """A complement-resampling test passes only if the kept share is within `tolerance` of 100% and above the
+    random sets' 95th percentile (Wang et al.'s faithfulness |F(C) - F(M)|; Chan et al.'s loss recovered)."""
+    rnd = np.array(sc.random_kept) / sc.clean
+    q95 = float(np.quantile(rnd, 0.95))
+    head = (f"hypothesis keeps {sc.kept:.0%} of the clean logit difference; {len(rnd)} random sets of "
+            f"{sc.n_heads} heads keep {np.median(rnd):.0%} (median; 95th percentile {q95:.0%})")
+    if sc.kept > 1 + tolerance:
+        return (head + f" -> FAILS: more than {1 + tolerance:.0%} means the resampled heads were, on balance, working "
+                "against the answer: the hypothesis leaves out negative components (e.g. negative or "
+                "copy-suppression heads), so it is not a faithful account")
+    if sc.kept < 1 - tolerance:
+        better = "better than random sets" if sc.kept > q95 else "no better than random sets"
+        return head + f" -> FAILS: the hypothesis misses part of the mechanism ({better})"
+    if sc.kept <= q95:
+        return head + " -> inconclusive: random head sets keep as much"
+    return head + f" -> passes at this tolerance (+-{tolerance:.0%})"
+
+
+def flip_reading(task: str, flip, what_b: str) -> str:
+    """One line: how far patching the heads from B moved A's output towards B's answer, against damage and random."""
+    s = flip.summary()
+    mv = s["moved"]
+    heads = ", ".join(head_label(h) for h in flip.heads)
+    line = (f"{task}: patching {heads} from B ({what_b}) moves A's output {mv.value:.0%} of the way to B's answer "
+            f"[{mv.low:.0%}, {mv.high:.0%}]; {s['flip rate']:.0%} of prompts now prefer B's answer. "
+            f"{len(flip.random)} random sets of {len(flip.heads)} heads: {s['random moved']:.0%} "
+            f"(best {s['random moved max']:.0%}), flip rate {s['random flip rate']:.0%}")
+    if "damage moved" in s:
+        line += f"; mean-ablating the same heads (damage): {s['damage moved']:.0%}, flip rate {s['damage flip rate']:.0%}"
+    if mv.low > 0.5 and mv.low > s["random moved max"]:
+        line += " -> a specific, predicted change: damage does not produce it"
+    elif mv.low > s["random moved max"]:
+        line += " -> partial: the heads carry part of what decides the answer"
+    else:
+        line += " -> no flip beyond random heads: these heads do not carry the answer"
+    return line
 
 
 # --------------------------------------------------------------------------------------
@@ -243,6 +359,8 @@ class Findings:
     lens_final: float
     scrub: Scrub
     obs_prompts: int = 24           # prompts of the observational methods
+    flips: dict | None = None       # task -> ablation_evidence.Flip
+    frozen: list | None = None      # ablation_evidence.FrozenSplit per head
 
     def verdict_table(self):
         """Per method: what it assumes, what this run measured, what it missed, what it costs."""
@@ -270,8 +388,10 @@ class Findings:
              "missed": "what is moved, and heads acting via other heads", "forward passes": "1"},
             {"method": "DLA", "assumes": "the final norm scale is fixed; only direct paths", "measured here": rc("DLA"),
              "missed": "indirect (upstream) heads", "forward passes": "1"},
-            {"method": "attribution patching", "assumes": "the metric is linear in each head's output",
-             "measured here": rc("attribution"), "missed": "non-linear effects (saturation, cancellation)",
+            {"method": "attribution patching (a gradient estimate of noising, not observational)",
+             "assumes": "the metric is linear in each head's output",
+             "measured here": rc("attribution"),
+             "missed": "non-linear effects (saturation, cancellation; Kramar et al. 2024, AtP*)",
              "forward passes": "2 + 1 backward"},
             {"method": "natural covariation", "assumes": "the behaviour varies across prompts",
              "measured here": f"{rc('covariation')} ({self.obs_prompts} prompts)",
@@ -279,10 +399,17 @@ class Findings:
             {"method": "logit lens + probe", "assumes": "early layers read by the final unembedding / a linear read-out",
              "measured here": f"probe >= 0.9 from layer {self.probe_first}; lens final LD {self.lens_final:+.2f}",
              "missed": "which component wrote it; whether it is used", "forward passes": f"1 ({self.obs_prompts} prompts)"},
-            {"method": "causal scrubbing (sketch)", "assumes": "heads outside the hypothesis are interchangeable across prompts",
-             "measured here": f"{sc.kept:.0%} of LD kept vs {max(sc.random_kept) / sc.clean:.0%} for random heads",
-             "missed": "finer hypotheses (positions, paths)", "forward passes": f"{3 + len(sc.random_kept)}"},
-        ])
+            {"method": "complement resampling (scrubbing-style)",
+             "assumes": "heads outside the hypothesis are interchangeable across prompts",
+             "measured here": f"{sc.kept:.0%} of LD kept (pass needs ~100%) vs median "
+                              f"{float(np.median(sc.random_kept)) / sc.clean:.0%} for {len(sc.random_kept)} random sets",
+             "missed": "finer hypotheses (positions, paths); the inputs of kept heads",
+             "forward passes": f"{3 + len(sc.random_kept)}"},
+        ] + [{"method": f"interchange flip ({t})", "assumes": "B differs from A only in the variable the heads carry",
+              "measured here": f"{f.summary()['moved'].value:.0%} of the way to B's answer vs "
+                               f"{f.summary()['random moved']:.0%} for random heads",
+              "missed": "heads that carry the variable only jointly with unpatched ones",
+              "forward passes": f"{len(f.random) + 3}"} for t, f in (self.flips or {}).items()])
 
     def charges(self) -> list[str]:
         """The essay's charges, each with the number this run measured and the reading it supports."""
@@ -290,27 +417,40 @@ class Findings:
         mr = min(float(c.loc["mean", "resample"]) for c in self.corr.values())
         d = self.damage.damage
         zmed, rmed = float(d["zero"].kl.median()), float(d["resample"].kl.median())
-        sc, best = self.scrub, self.best_repair
-        return [
-            f"1. separability: zero vs resample rank correlation {zr:.2f}, mean vs resample {mr:.2f} -> "
-            + ("supported for zero ablation; on-distribution ablations agree more" if mr > zr else
-               "supported: even the on-distribution ablations disagree as much"),
+        sc = self.scrub
+        atp = float(self.obs_corr.loc["attribution", "resample ablation"])
+        out = [
+            f"1. separability: the largest pair interaction is {self.max_interaction:+.2f} LD (non-additivity); "
+            f"baseline dependence (a different question): zero vs resample rank correlation {zr:.2f}, mean vs "
+            f"resample {mr:.2f}",
             f"2. artificial states: median control KL zero {zmed:.3f} vs resample {rmed:.3f} nats -> "
             + ("zero ablation is the most damaging on average" if zmed > rmed else
                "NOT supported on average: zero ablation is not more damaging than resampling for the typical head")
-            + f"; largest control KL zero {float(d['zero'].kl.max()):.3f} vs resample {float(d['resample'].kl.max()):.3f}",
-            f"3. damage vs mechanism: {len(self.damage.rows)} (task, method, head) top-5 entries change unrelated text at "
-            "least as much as the task answer",
-            f"4. entropy: ablating a top-10 IOI head raised the answer entropy for "
-            f"{top_entropy_rises(self.sweeps['IOI']['resample'])}/10 heads (resample); the control KL, not the entropy, "
-            "separates damage from mechanism",
-            f"5. self-repair: up to {best.repaired:.0%} of a head's direct effect repaired "
-            f"({head_label(best.heads[0])}); the hypothesis from ablation keeps {sc.kept:.0%} under scrubbing, "
-            f"random heads {max(sc.random_kept) / sc.clean:.0%}",
+            + f"; attribution patching (linear) vs exact noising: rank corr. {atp:.2f} -> "
+            + ("near-linear regime for these interventions" if atp > 0.8 else "the interventions are not near-linear"),
         ]
+        if self.flips:
+            parts = [f"{t} {f.summary()['moved'].value:.0%} (random heads {f.summary()['random moved']:.0%})"
+                     for t, f in self.flips.items()]
+            strong = all(f.summary()["moved"].low > f.summary()["random moved max"] for f in self.flips.values())
+            out.append("3. damage vs mechanism: interchange moves the output towards B's answer: " + ", ".join(parts)
+                       + (" -> specific, predicted changes that damage does not make" if strong else
+                          " -> not beyond random heads on every task"))
+        else:
+            out.append(f"3. damage vs mechanism: {len(self.damage.rows)} (task, method, head) top-5 entries change "
+                       "unrelated text at least as much as the task answer")
+        out.append(f"4. entropy: ablating a top-10 IOI head raised the answer entropy for "
+                   f"{top_entropy_rises(self.sweeps['IOI']['resample'])}/10 heads (resample), with no base rate; "
+                   "the interchange flip and the control KL, not the entropy, separate damage from mechanism")
+        if self.frozen:
+            best = max(self.frozen, key=lambda f: f.compensation)
+            out.append(f"5. self-repair: {head_label(best.heads[0])} compensation {best.compensation:+.2f} of direct "
+                       f"{best.direct:+.2f} = final-norm scale {best.norm_repair:+.2f} + other components "
+                       f"{best.other_repair:+.2f}; complement resampling keeps {sc.kept:.0%}")
+        return out
 
 
 __all__ = [
     "LabResult", "Lab", "plot_effect_maps", "plot_damage", "plot_self_repair", "plot_noise_denoise", "plot_lens_probe",
-    "plot_lab", "Findings",
+    "plot_lab", "plot_flip", "Findings", "early_reading", "baseline_reading", "pair_reading", "scrub_reading", "flip_reading",
 ]

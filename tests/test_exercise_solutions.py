@@ -235,6 +235,20 @@ def _grads(W, X, y):
     return torch.stack(out)
 
 
+def _frozen(out_clean, out_ablated, scale_clean, scale_ablated, direction):
+    return torch.einsum("bd,bd->b", out_clean, direction) / scale_clean - torch.einsum(
+        "bd,bd->b", out_ablated, direction) / scale_clean
+
+
+def _frozen_inplace(out_clean, out_ablated, scale_clean, scale_ablated, direction):
+    out_clean -= out_ablated
+    return (out_clean * direction).sum(-1) / scale_clean
+
+
+def _frozen_mean(out_clean, out_ablated, scale_clean, scale_ablated, direction):
+    return (((out_clean - out_ablated) * direction).sum(-1) / scale_clean).mean()
+
+
 def _proj(G, k, seed=0):
     R = torch.randn(G.shape[1], k, generator=torch.Generator().manual_seed(seed), dtype=G.dtype)
     return (G @ R) * k ** -0.5
@@ -278,6 +292,7 @@ ALTERNATIVES = {
     "successor_score": _succ, "ica_matrix": _ica,
     "effective_ov_head": _eff_ov_head, "mean_ablate_head": _mean_head, "attribution_estimate": _attr,
     "resample_ablate_head": _resample, "control_kl": _kl, "split_total_effect": _split, "covariation_scores": _cov,
+    "frozen_direct_effect": _frozen,
     "per_example_grads": _grads, "random_projection": _proj, "per_token_gram": _gram, "sae_loss": _sae,
     "feature_recovery": _recovery, "causal_importance_mask": _mask,
     "stochastic_recon_loss": _recon,
@@ -616,6 +631,8 @@ REALISTIC_WRONG = [
     ("patch_head", _inplace_patch, "in place"),
     ("effective_ov_head", _eff_ov_inplace, "in place"),
     ("effective_ov_head", _eff_ov_no_eps, "rows must be input tokens"),
+    ("frozen_direct_effect", _frozen_inplace, "in place"),
+    ("frozen_direct_effect", _frozen_mean, None),
 ]
 
 

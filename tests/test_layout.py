@@ -20,7 +20,7 @@ LESSONS = {
     "02": {"induction", "induction_lm"},
     "03": {"ioi_circuit", "ioi_evidence"},
     "04": {"successor", "successor_figures", "successor_sources"},
-    "05": {"ablation", "ablation_views"},
+    "05": {"ablation", "ablation_views", "ablation_evidence"},
     "06": {"gradients", "multitask", "attribution"},
     "07": {"superposition", "sae", "spd"},
 }

@@ -261,3 +261,81 @@ def test_sweep_on_smollm2_uses_the_fast_backend_and_equals_the_hook_engine(smoll
     hooks_only = A.sweep(smollm2, t.tokens, vals, t.metric, heads)
     for what in ("drop", "kl", "entropy_change"):
         assert torch.allclose(getattr(fast, what), getattr(hooks_only, what), atol=1e-4), what
+
+
+# ---- the evidence layer: bootstrap over prompts, interchange flip, frozen-scale split ----------------------------
+
+from mi_tutor import ablation_evidence as EV  # noqa: E402
+
+
+def test_sweep_keeps_per_prompt_drops_and_their_mean_is_the_drop(toy, task):
+    s = A.sweep(toy, task.tokens, A.task_values(toy, task, "zero"), task.metric, max_rows=8)
+    assert s.per_prompt.shape == (len(s.groups), len(task))
+    assert torch.allclose(s.per_prompt.mean(1), s.drop, atol=1e-5)
+    pp = EV.per_prompt_table(s, toy.cfg.n_layers, toy.cfg.n_heads)
+    assert torch.allclose(pp.mean(0), s.table(toy.cfg.n_layers, toy.cfg.n_heads), atol=1e-5)
+    iv = EV.rank_interval(pp, (0, 1), n=50)
+    assert 1 <= iv.low <= iv.high <= toy.cfg.n_layers * toy.cfg.n_heads
+    c = EV.spearman_interval(pp, pp, n=20)
+    assert c.value == pytest.approx(1.0) and c.low == pytest.approx(1.0)
+
+
+def test_interchange_flip_equals_hand_written_patching(toy, task):
+    heads = [(0, 1), (1, 2)]
+    z_b = head_outputs(toy, task.counterfactual)
+    ans_a, ans_b = task.answer, task.wrong
+    f = EV.interchange_flip(toy, task.tokens, task.counterfactual, ans_a, ans_b, heads, n_random=3, seed=1,
+                            damage_values=A.task_values(toy, task, "zero"))
+    flip_task = A.Task("flip", task.tokens, task.counterfactual, ans_a, ans_b)
+    assert float(f.patched.mean()) == pytest.approx(_metric_with(toy, flip_task, heads, z_b), abs=1e-4)
+    assert float(f.a.mean()) == pytest.approx(_clean(toy, flip_task), abs=1e-4)
+    assert float(f.damaged.mean()) == pytest.approx(_metric_with(toy, flip_task, heads, A.task_values(toy, task, "zero")),
+                                                    abs=1e-4)
+    assert f.random.shape == (3, len(task))
+    assert torch.allclose(f.moved(f.b), torch.ones(len(task)))
+    # every head from B, and B = A: nothing moves
+    same = EV.interchange_flip(toy, task.tokens, task.tokens, ans_a, ans_b, heads, n_random=1)
+    assert torch.allclose(same.patched, same.a, atol=1e-5)
+    with pytest.raises(ValueError, match="aligned"):
+        EV.interchange_flip(toy, task.tokens, task.tokens[:, :-1], ans_a, ans_b, heads)
+
+
+@torch.no_grad()
+def test_frozen_split_is_exact_and_its_direct_effect_matches_a_hand_computation(toy, task):
+    values = A.task_values(toy, task, "zero")
+    h = (1, 2)
+    f = EV.frozen_split(toy, task.tokens, task.answer, task.wrong, [h], values)
+    assert f.total == pytest.approx(f.direct - f.norm_repair - f.other_repair, abs=1e-5)
+    assert f.total == pytest.approx(_clean(toy, task) - _metric_with(toy, task, [h], values), abs=1e-4)
+    # by hand: the head's output at the last position, centred (LayerNorm), divided by the CLEAN run's LN scale
+    final = hooks.hook_name(toy.cfg.n_layers - 1, "resid_post")
+    zname = hooks.hook_name(h[0], "z")
+    _, cc = toy.run_with_cache(task.tokens, names_filter=lambda n: n in (final, zname))
+    with toy.hooks(fwd_hooks=patch_hooks(toy, heads_replaced([h], values))):
+        _, ca = toy.run_with_cache(task.tokens, names_filter=lambda n: n in (final, zname))
+    W_O = toy.W_O[h[0], h[1]]
+    out_c, out_a = cc[zname][:, -1, h[1]] @ W_O, ca[zname][:, -1, h[1]] @ W_O
+    x = cc[final][:, -1]
+    xc = x - x.mean(-1, keepdim=True)
+    s_c = (xc.pow(2).mean(-1) + toy.cfg.eps).sqrt()
+    w = readout.norm_of(toy).weight
+    d = (toy.W_U[:, task.answer] - toy.W_U[:, task.wrong]).T * w
+    diff = out_c - out_a
+    direct = ((diff - diff.mean(-1, keepdim=True)) * d).sum(-1) / s_c
+    assert f.direct == pytest.approx(float(direct.mean()), abs=1e-4)
+    assert float(EV.frozen_direct_effect(out_c - out_c.mean(-1, keepdim=True), out_a - out_a.mean(-1, keepdim=True),
+                                         s_c, s_c * 2, d).mean()) == pytest.approx(f.direct, abs=1e-4)
+
+
+def test_readings_branch_on_the_values():
+    pairs = A.Pairs([(1, 0), (2, 0), (3, 0)], torch.tensor([0.3, -1.0, 0.4]), torch.tensor(
+        [[float("nan"), 0.0, 1.5], [0.0, float("nan"), -0.5], [1.5, -0.5, float("nan")]]))
+    rank = torch.arange(1, 13).reshape(4, 3)
+    lines = views.pair_reading(pairs, rank, 12, k=2)
+    assert "OR-like" in lines[0] and "L1H0 + L3H0" in lines[0]
+    assert "negative head" in lines[1] and "L2H0" in lines[1]
+    over = A.Scrub(20, 4.0, 5.6, [1.0] * 20, 1.0)
+    assert "FAILS" in views.scrub_reading(over) and "leaves out negative" in views.scrub_reading(over)
+    good = A.Scrub(20, 4.0, 4.1, [1.0] * 20, 1.0)
+    assert "passes" in views.scrub_reading(good)
+    assert "inconclusive" in views.scrub_reading(A.Scrub(20, 4.0, 4.1, [4.2] * 20, 1.0))

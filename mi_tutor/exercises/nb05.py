@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from .. import ablation as A
+from .. import ablation_evidence as EV
 from ..lab import scores
 from .core import Exercise, Mistake, register
 
@@ -189,5 +190,51 @@ register(Exercise(
                 _cov_uncentred),
         Mistake("you mixed conventions: a covariance averaged over n with unbiased (n - 1) standard deviations; "
                 "use the same n for both, or sum(x * y) / sqrt(sum x^2 * sum y^2)", _cov_mixed_conventions),
+    ],
+))
+
+
+# ---- the direct effect with the final-norm scale frozen -------------------------------------
+
+def _frozen_case(rng: np.random.Generator, b: int, d: int):
+    oc, oa = _t(rng, b, d), _t(rng, b, d, scale=0.5)
+    sc = torch.tensor(rng.uniform(0.5, 2.0, size=b), dtype=torch.float32)
+    sa = sc * torch.tensor(rng.uniform(0.6, 0.9, size=b), dtype=torch.float32)  # ablation shrinks the residual
+    return (oc, oa, sc, sa, _t(rng, b, d)), {}
+
+
+def _frozen_per_run(out_clean, out_ablated, scale_clean, scale_ablated, direction):
+    return (out_clean / scale_clean[:, None] * direction).sum(-1) - (out_ablated / scale_ablated[:, None] * direction).sum(-1)
+
+
+def _frozen_no_scale(out_clean, out_ablated, scale_clean, scale_ablated, direction):
+    return ((out_clean - out_ablated) * direction).sum(-1)
+
+
+def _frozen_times_scale(out_clean, out_ablated, scale_clean, scale_ablated, direction):
+    return ((out_clean - out_ablated) * direction).sum(-1) * scale_clean
+
+
+def _frozen_sign(out_clean, out_ablated, scale_clean, scale_ablated, direction):
+    return ((out_ablated - out_clean) * direction).sum(-1) / scale_clean
+
+
+register(Exercise(
+    name="frozen_direct_effect",
+    notebook=NB,
+    reference=EV.frozen_direct_effect,
+    cases=lambda rng: [_frozen_case(rng, 3, 5), _frozen_case(rng, 5, 4), _frozen_case(rng, 2, 7)],
+    hints=[
+        "The direct effect is how much the head's own term in the logit difference fell: (out_clean - out_ablated) "
+        "read along `direction`, summed over d_model.",
+        "Freeze the norm: divide BOTH runs' terms by the CLEAN scale (scale_clean[:, None]); scale_ablated is what "
+        "the frozen reading leaves out on purpose.",
+    ],
+    mistakes=[
+        Mistake("you read each run with its own final-norm scale: the change of the scale (a response of the rest of "
+                "the network) then leaks into the head's direct effect; divide both by scale_clean", _frozen_per_run),
+        Mistake("you forgot the final norm's scale: the logits see the residual divided by it", _frozen_no_scale),
+        Mistake("you multiplied by the scale; the norm divides the residual by it", _frozen_times_scale),
+        Mistake("you flipped the sign: the direct effect is clean minus ablated (positive = the head helped)", _frozen_sign),
     ],
 ))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .lab.hooks import Head, head_label, head_outputs, hook_name, logprob_metric, top_heads
-from .lab.patching import Patch, ablation_values, copies_runner
+from .lab.patching import Patch, ablation_values, attribution_patch_heads, copies_runner
 from .lab.readout import attention_patterns, attention_to, effective_ov, resid_after_layer0
 from .lab.scores import bootstrap, spearman, top_k_overlap
 from .ordinal import OrdinalTokens, SuccessorPrompts
@@ -153,32 +153,6 @@ def _replace_per_prompt(model, tokens, values, metric, max_rows: int = 512) -> t
     return base[:, None, None] - out
 
 
-def attribution_per_prompt(model, tokens: torch.Tensor, source: dict[int, torch.Tensor], metric) -> torch.Tensor:
-    """`lab.patching.attribution_patch_heads`, kept per prompt: ``[batch, n_layers, n_heads]`` estimated changes.
-
-    One forward and one backward pass: prompts do not interact, so the gradient of the summed
-    metric holds each prompt's own gradient. `source` is ``head_outputs`` of the source prompts.
-    """
-    store: dict[int, torch.Tensor] = {}
-
-    def keep(layer):
-        def hook(z, hook):
-            z.retain_grad()
-            store[layer] = z
-            return z
-        return hook
-
-    def seed_graph(x, hook):
-        return x if x.requires_grad else x.detach().requires_grad_(True)
-
-    fwd = [("hook_embed", seed_graph)] + [(hook_name(l, "z"), keep(l)) for l in range(model.cfg.n_layers)]
-    with torch.enable_grad():
-        metric(model.run_with_hooks(tokens, fwd_hooks=fwd)).float().sum().backward()
-    est = torch.stack([((source[l] - store[l].detach()) * store[l].grad).sum(-1).sum(1) for l in range(model.cfg.n_layers)], 1)
-    model.zero_grad(set_to_none=True)
-    return est.detach()
-
-
 def per_prompt_effects(model, prompts: SuccessorPrompts) -> dict[str, torch.Tensor]:
     """Drop in log p(successor) per prompt and head, ``{name: [P, n_layers, n_heads]}`` (positive = the head helps).
 
@@ -191,7 +165,7 @@ def per_prompt_effects(model, prompts: SuccessorPrompts) -> dict[str, torch.Tens
     corrupt = head_outputs(model, prompts.corrupt)
     out = {"mean ablation (exact)": _replace_per_prompt(model, prompts.tokens, mean, metric),
            "corrupt patching (exact)": _replace_per_prompt(model, prompts.tokens, corrupt, metric)}
-    out["attribution (corrupt)"] = -attribution_per_prompt(model, prompts.tokens, corrupt, metric)
+    out["attribution (corrupt)"] = -attribution_patch_heads(model, prompts.tokens, prompts.corrupt, metric, per_prompt=True)
     return out
 
 

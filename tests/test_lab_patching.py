@@ -272,3 +272,16 @@ def test_per_prompt_head_patching_equals_transformer_lens_one_prompt_at_a_time(s
     assert torch.isnan(got[:, 1]).all()
     mean = P.patch_heads(smollm2, ds.tokens, ds.abc_tokens, ds.metric, layers=[n - 1], pos=-1, fast=fast)
     assert torch.allclose(got[:, n - 1].mean(0), mean[n - 1], atol=1e-4)
+
+
+def test_attribution_per_prompt_averages_to_the_mean_estimate(gpt2_arch, gpt2_ds):
+    ds = gpt2_ds
+    per = P.attribution_patch_heads(gpt2_arch, ds.tokens, ds.abc_tokens, ds.metric, per_prompt=True)
+    mean = P.attribution_patch_heads(gpt2_arch, ds.tokens, ds.abc_tokens, ds.metric)
+    assert per.shape == (ds.tokens.shape[0],) + tuple(mean.shape) and torch.allclose(per.mean(0), mean, atol=1e-5)
+    from mi_tutor.lab.hooks import logit_diff
+
+    def first(lg):  # the metric of the first prompt alone
+        return logit_diff(lg, ds.io[:1], ds.s[:1])
+    one = P.attribution_patch_heads(gpt2_arch, ds.tokens[:1], ds.abc_tokens[:1], first)
+    assert torch.allclose(per[0], one, atol=1e-4)  # prompts do not interact

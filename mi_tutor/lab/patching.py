@@ -610,6 +610,7 @@ def attribution_patch_heads(
     source_tokens: torch.Tensor,
     metric: Metric,
     per_position: bool = False,
+    per_prompt: bool = False,
 ) -> torch.Tensor:
     """Attribution patching (Nanda 2023): a first-order estimate of `patch_heads`.
 
@@ -618,8 +619,8 @@ def attribution_patch_heads(
     ``sum_{pos, d} (z_source - z_target) * d metric / d z_target``.
 
     Returns:
-        The estimated *change* in the metric, ``[n_layers, n_heads]`` (or ``[n_layers, n_heads, pos]``
-        with `per_position`). Add the target run's metric to compare with `patch_heads`.
+        The estimated *change* in the metric, ``[n_layers, n_heads]`` (``[n_layers, n_heads, pos]`` with
+        `per_position`; ``[batch, n_layers, n_heads]`` with `per_prompt`). Add the target run's metric to compare.
     """
     V.tokens(model, target_tokens, "target_tokens")
     V.same_shape(target_tokens, source_tokens)
@@ -646,10 +647,10 @@ def attribution_patch_heads(
     est = []
     for l in range(model.cfg.n_layers):
         z = store[l]
-        contrib = ((source[l] - z.detach()) * z.grad).sum(-1).mean(0)  # mean over prompts -> [pos, head]
-        est.append(contrib.T if per_position else contrib.sum(0))
+        contrib = ((source[l] - z.detach()) * z.grad).sum(-1)  # [batch, pos, head]: prompts do not interact
+        est.append(contrib.sum(1) if per_prompt else contrib.mean(0).T if per_position else contrib.mean(0).sum(0))
     model.zero_grad(set_to_none=True)
-    return torch.stack(est).detach()
+    return torch.stack(est, 1 if per_prompt else 0).detach()
 
 
 __all__ = [
@@ -659,9 +660,7 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------
-# Per-prompt head patching (added for notebook 03: bootstrap intervals over prompts)
-# --------------------------------------------------------------------------------------
+# ---- per-prompt head patching (for bootstrap intervals over prompts) -------------------
 
 
 def patch_heads_per_prompt(

@@ -122,15 +122,18 @@ def lens_run(model, prompts: Sequence[str] | None = None, answers: Sequence[str]
     prompts, answers = list(prompts), list(answers)
     tokens, last = encode(model, prompts)
     resid = readout.residuals_at(model, tokens, last)  # [L+1, n, d]
-    logits = readout.lens_logits(model, resid)  # [L+1, n, vocab]
     model_logits = model(tokens)[torch.arange(len(prompts)), last].float()
-    max_gap = float((logits[-1] - model_logits).abs().max())
     ans = torch.tensor([first_token(model, a) for a in answers])
-    ans_logit = logits[:, torch.arange(len(prompts)), ans]
-    ranks = (logits > ans_logit[..., None]).sum(-1)
-    probs = logits.softmax(-1)
-    top_probs, top_ids = probs.topk(k, -1)
-    kl = readout.kl_div(model_logits[None].expand_as(logits), logits)
+    ranks, top_ids, top_probs, kl = [], [], [], []
+    for layer_resid in resid:  # one layer at a time: [n, vocab] each, never [L+1, n, vocab]
+        logits = readout.lens_logits(model, layer_resid)
+        ranks.append((logits > logits[torch.arange(len(prompts)), ans][:, None]).sum(-1))
+        p, i = logits.softmax(-1).topk(k, -1)
+        top_probs.append(p)
+        top_ids.append(i)
+        kl.append(readout.kl_div(model_logits, logits))
+    max_gap = float((logits - model_logits).abs().max())  # the last layer
+    ranks, top_ids, top_probs, kl = (torch.stack(x) for x in (ranks, top_ids, top_probs, kl))
     return LensRun(prompts, answers, ans, ranks, top_ids, top_probs, kl, model_logits.argmax(-1),
                    tokens[torch.arange(len(prompts)), last], max_gap,
                    model.tokenizer.batch_decode(torch.arange(model.cfg.d_vocab)[:, None]))

@@ -36,6 +36,13 @@ def test_residuals_at_reads_the_cache_at_each_prompts_position(smollm2):
         assert torch.allclose(got[7, b], cache[hooks.hook_name(6, "resid_post")][b, pos[b]])
 
 
+def test_residuals_at_in_chunks_equals_one_batch(smollm2):
+    tokens = torch.randint(3, 200, (5, 4), generator=torch.Generator().manual_seed(5))
+    pos = torch.tensor([3, 1, 2, 0, 3])
+    assert torch.allclose(readout.residuals_at(smollm2, tokens, pos, batch_size=2),
+                          readout.residuals_at(smollm2, tokens, pos), atol=1e-4)
+
+
 def test_the_lens_forgetting_the_norm_would_differ(smollm2):
     x = torch.randn(4, smollm2.cfg.d_model, generator=torch.Generator().manual_seed(2)) * 50
     raw = x @ smollm2.W_U

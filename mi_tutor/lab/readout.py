@@ -289,13 +289,17 @@ def kl_div(clean_logits: torch.Tensor, other_logits: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def residuals_at(model, tokens: torch.Tensor, pos: torch.Tensor | int = -1) -> torch.Tensor:
+def residuals_at(model, tokens: torch.Tensor, pos: torch.Tensor | int = -1, batch_size: int | None = None) -> torch.Tensor:
     """Residual stream at one position per prompt after each layer: ``[n_layers + 1, batch, d_model]``.
 
     Index 0 is the embeddings (``resid_pre`` of block 0), index ``l + 1`` the output of block ``l``.
     `pos` is an int or one index per prompt (e.g. the last real token of right-padded prompts).
+    `batch_size` runs the prompts in chunks (the logits of a large batch take most of the memory).
     """
     check_pos = torch.full((tokens.shape[0],), pos) if isinstance(pos, int) else pos
+    if batch_size is not None and tokens.shape[0] > batch_size:
+        return torch.cat([residuals_at(model, tokens[i:i + batch_size], check_pos[i:i + batch_size])
+                          for i in range(0, tokens.shape[0], batch_size)], 1)
     n = model.cfg.n_layers
     names = [hook_name(0, "resid_pre")] + [hook_name(l, "resid_post") for l in range(n)]
     wanted = set(names)

@@ -38,6 +38,7 @@ from .notebooks import repo_root, source_notebooks
 BUDGETS: dict[str, tuple[float, float]] = {
     "00": (60, 1.0), "01": (120, 1.0), "02": (180, 1.5), "03": (180, 1.5),
     "04": (180, 1.5), "05": (180, 1.5), "06": (180, 1.5), "07": (180, 1.0),
+    "08": (180, 1.5),
 }
 LOAD_BUDGET = (3.0, 1.2)  # cached smollm2-135m load, including imports
 

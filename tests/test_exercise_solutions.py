@@ -280,6 +280,31 @@ def _recon(U, V, bias, x, g, r, target_out):
     return F.mse_loss(out, target_out, reduction="sum") / len(x)
 
 
+def _rms_lens(resid, weight, W_U, eps):
+    rms = torch.sqrt(torch.mean(resid * resid, dim=1, keepdim=True) + eps)
+    return torch.einsum("nd,dv->nv", resid * weight / rms, W_U)
+
+
+def _mean_diff(acts, labels):
+    ones = labels.float()[:, None]
+    return (acts * ones).sum(0) / ones.sum() - (acts * (1 - ones)).sum(0) / (1 - ones).sum()
+
+
+def _selectivity(train_x, train_y, train_c, test_x, test_y, test_c):
+    accs = []
+    for tr, te in ((train_y, test_y), (train_c, test_c)):
+        mu = [train_x[tr == k].mean(0) for k in (0, 1)]
+        d = mu[1] - mu[0]
+        score = (test_x - (mu[0] + mu[1]) / 2) @ d
+        accs.append(((score > 0).long() == te).double().mean().item())
+    return accs[0] - accs[1]
+
+
+def _steer(resid, direction, coeff):
+    unit = torch.nn.functional.normalize(direction, dim=0)
+    return torch.add(resid, unit, alpha=coeff)
+
+
 ALTERNATIVES = {
     "least_squares": _ls, "max_activating_inputs": _max_act, "mean_ablate_unit": _mean_unit,
     "ablation_costs": _costs,
@@ -296,6 +321,7 @@ ALTERNATIVES = {
     "per_example_grads": _grads, "random_projection": _proj, "per_token_gram": _gram, "sae_loss": _sae,
     "feature_recovery": _recovery, "causal_importance_mask": _mask,
     "stochastic_recon_loss": _recon,
+    "rms_lens": _rms_lens, "mean_difference_direction": _mean_diff, "selectivity": _selectivity, "steer": _steer,
 }
 
 
@@ -379,10 +405,16 @@ def _inplace_resample(z, head, perm):
     return z
 
 
+def _inplace_steer(resid, direction, coeff):
+    resid += coeff * direction / direction.norm()
+    return resid
+
+
 COPY_TASKS = {"mean_ablate_unit": (_inplace_mean_unit, "hidden"), "mean_ablation_hook": (_inplace_mean_hook, "z"),
               "restore_keys_hook": (_inplace_restore, "k"), "patch_head": (_inplace_patch, "z"),
               "mean_ablate_head": (_inplace_mean_head, "z"),
-              "resample_ablate_head": (_inplace_resample, "z")}
+              "resample_ablate_head": (_inplace_resample, "z"),
+              "steer": (_inplace_steer, "resid")}
 
 
 def test_the_copy_tasks_are_flagged():

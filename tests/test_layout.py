@@ -23,6 +23,7 @@ LESSONS = {
     "05": {"ablation", "ablation_views", "ablation_evidence"},
     "06": {"gradients", "multitask", "attribution"},
     "07": {"superposition", "sae", "spd"},
+    "08": {"representations"},
 }
 #: prompt sets shared by several lessons (03, 04, 05): data, not lessons
 DATA = {"ioi", "ordinal"}

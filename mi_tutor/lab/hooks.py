@@ -175,8 +175,35 @@ def head_outputs(model, tokens: torch.Tensor, layers: Sequence[int] | None = Non
     return {l: acts[hook_name(l, "z")] for l in layers}
 
 
+# --------------------------------------------------------------------------------------
+# Writing to the residual stream: steering (notebook 08)
+# --------------------------------------------------------------------------------------
+
+
+def add_vector(resid: torch.Tensor, vector: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """``resid`` [batch, pos, d_model] with `vector` [d_model] added at every position from `start` on (a new tensor)."""
+    out = resid.clone()
+    out[:, start:] = out[:, start:] + vector.to(resid.dtype)
+    return out
+
+
+def steering_hooks(layer: int, vector: torch.Tensor, start: int = 0, site: str = "resid_post") -> list:
+    """Forward hooks that add `vector` to the residual stream after block `layer` (ActAdd / CAA style).
+
+    Use with ``model.hooks(fwd_hooks=steering_hooks(...))`` or ``run_with_hooks``. The hook
+    returns a new tensor and leaves the activation it is given unchanged.
+    """
+    if site not in RESID_SITES:
+        raise ValueError(f"steering writes to the residual stream: site must be one of {RESID_SITES}, got {site!r}")
+
+    def hook(resid, hook=None):
+        return add_vector(resid, vector, start)
+
+    return [(hook_name(layer, site), hook)]
+
+
 __all__ = [
     "Metric", "Head", "HEAD_SITES", "RESID_SITES", "SITES", "hook_name", "n_kv_heads", "kv_index", "expand_kv",
     "all_heads", "top_heads", "head_label", "parse_heads", "logit_diff", "logprob_metric", "check_tokens",
-    "activations", "head_outputs",
+    "activations", "head_outputs", "add_vector", "steering_hooks",
 ]

@@ -283,7 +283,45 @@ def kl_div(clean_logits: torch.Tensor, other_logits: torch.Tensor) -> torch.Tens
     return (p.exp() * (p - q)).sum(-1)
 
 
+# --------------------------------------------------------------------------------------
+# The full-vocabulary logit lens (notebook 08)
+# --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def residuals_at(model, tokens: torch.Tensor, pos: torch.Tensor | int = -1, batch_size: int | None = None) -> torch.Tensor:
+    """Residual stream at one position per prompt after each layer: ``[n_layers + 1, batch, d_model]``.
+
+    Index 0 is the embeddings (``resid_pre`` of block 0), index ``l + 1`` the output of block ``l``.
+    `pos` is an int or one index per prompt (e.g. the last real token of right-padded prompts).
+    `batch_size` runs the prompts in chunks (the logits of a large batch take most of the memory).
+    """
+    check_pos = torch.full((tokens.shape[0],), pos) if isinstance(pos, int) else pos
+    if batch_size is not None and tokens.shape[0] > batch_size:
+        return torch.cat([residuals_at(model, tokens[i:i + batch_size], check_pos[i:i + batch_size])
+                          for i in range(0, tokens.shape[0], batch_size)], 1)
+    n = model.cfg.n_layers
+    names = [hook_name(0, "resid_pre")] + [hook_name(l, "resid_post") for l in range(n)]
+    wanted = set(names)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda s: s in wanted)
+    b = torch.arange(tokens.shape[0])
+    return torch.stack([cache[name][b, check_pos] for name in names])
+
+
+@torch.no_grad()
+def lens_logits(model, resid: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logit lens: ``unembed(final_norm(resid))`` for residual vectors ``[..., d_model]`` -> ``[..., d_vocab]``.
+
+    Each vector is normalised by its own size (the norm is applied, not frozen), so on the
+    last layer's residual this equals the model's own logits.
+    """
+    logits = apply_final_norm(model, resid.float()) @ model.W_U
+    b_U = getattr(model, "b_U", None)
+    return logits + b_U if b_U is not None else logits
+
+
 __all__ = [
     "Norm", "norm_of", "apply_final_norm", "DLA", "direct_logit_attribution", "final_residuals", "logit_lens",
     "attention_patterns", "attention_to", "resid_after_layer0", "effective_ov", "entropy", "kl_div",
+    "residuals_at", "lens_logits",
 ]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .lab.hooks import Head, head_label, head_outputs, hook_name, logprob_metric, top_heads
-from .lab.patching import Patch, ablation_values, attribution_patch_heads, copies_runner
+from .lab.patching import Patch, ablation_values, attribution_patch_heads, copies_runner, run_copies, run_patched
 from .lab.readout import attention_patterns, attention_to, effective_ov, resid_after_layer0
 from .lab.scores import bootstrap, spearman, top_k_overlap
 from .ordinal import OrdinalTokens, SuccessorPrompts
@@ -64,17 +64,9 @@ def effective_embeddings(model, ids: torch.Tensor, recipe: str) -> torch.Tensor:
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n == name)
         return cache[name][:, 1].clone()
 
-    def no_attention(act, hook):
-        return torch.zeros_like(act)
-
-    store = {}
-
-    def keep(act, hook):
-        store["x"] = act.detach().clone()
-        return act
-
-    model.run_with_hooks(ids[:, None], fwd_hooks=[(hook_name(0, "attn_out"), no_attention), (name, keep)])
-    return store["x"][:, 0]
+    no_attention = Patch(0, None, torch.zeros(len(ids), 1, model.cfg.d_model), "attn_out")
+    _, cap = run_copies(model, ids[:, None], [[no_attention]], capture=[name])
+    return cap[name][1][:, 0]
 
 
 def recipe_tables(model, otok: OrdinalTokens) -> dict[str, torch.Tensor]:
@@ -255,54 +247,27 @@ def sender_routes(model, prompts: SuccessorPrompts, sender: Head) -> dict[str, f
     _, clean = model.run_with_cache(tokens, names_filter=lambda n: n in want)
     base = float(metric(model(tokens)).mean())
 
-    # the edge run: every receiver of the sender reads clean + delta
-    captured = {}
+    # the edge run: every receiver of the sender reads clean + delta; record what they then compute
+    forced = [Patch(l, None, clean[names["resid_pre"][l]] + delta, "resid_pre") for l in range(ls + 1, L)]
+    forced += [Patch(l, None, clean[names["resid_mid"][l]] + delta, "resid_mid") for l in range(ls, L)]
+    keep = [names["mlp_out"][l] for l in range(ls, L)] + [names[s][l] for l in range(ls + 1, L) for s in "qkv"]
+    _, cap = run_copies(model, tokens, [forced], capture=keep)
+    captured = {n: cap[n][1] for n in keep}
 
-    def force(name):
-        def hook(act, hook):
-            return clean[name] + delta
-        return hook
+    def drop(patches) -> float:
+        return base - float(metric(run_patched(model, tokens, patches)).mean())
 
-    def keep(name):
-        def hook(act, hook):
-            captured[name] = act.detach().clone()
-            return act
-        return hook
-
-    fwd = []
-    for l in range(ls, L):
-        if l > ls:
-            fwd.append((names["resid_pre"][l], force(names["resid_pre"][l])))
-        fwd.append((names["resid_mid"][l], force(names["resid_mid"][l])))
-        fwd.append((names["mlp_out"][l], keep(names["mlp_out"][l])))
-        if l > ls:
-            fwd += [(names[s][l], keep(names[s][l])) for s in ("q", "k", "v")]
-    model.run_with_hooks(tokens, fwd_hooks=fwd)
-
-    def put(name):
-        def hook(act, hook):
-            return captured[name]
-        return hook
-
-    def drop(hooks_) -> float:
-        return base - float(metric(model.run_with_hooks(tokens, fwd_hooks=hooks_)).mean())
-
-    last = names["resid_post"][L - 1]
-    out = {"total": drop([(hook_name(ls, "z"), _patch_head(hs, mean))])}
-    out["direct (final residual)"] = drop([(last, lambda act, hook: act + delta)])
-    out["all later heads' queries"] = drop([(names["q"][l], put(names["q"][l])) for l in range(ls + 1, L)])
-    out["all later heads' keys/values"] = drop([(names[s][l], put(names[s][l])) for l in range(ls + 1, L) for s in "kv"])
-    out["all MLPs from the sender's layer on"] = drop([(names["mlp_out"][l], put(names["mlp_out"][l])) for l in range(ls, L)])
+    H, last = model.cfg.n_heads, names["resid_post"][L - 1]
+    out = {"total": drop([Patch(ls, hs, mean)])}
+    out["direct (final residual)"] = drop([Patch(L - 1, None, clean[last] + delta, "resid_post")])
+    out["all later heads' queries"] = drop([Patch(l, h, captured[names["q"][l]], "q") for l in range(ls + 1, L)
+                                            for h in range(H)])
+    out["all later heads' keys/values"] = drop([Patch(l, h, captured[names[s][l]], s) for l in range(ls + 1, L) for s in "kv"
+                                                for h in range(H)])
+    out["all MLPs from the sender's layer on"] = drop([Patch(l, None, captured[names["mlp_out"][l]], "mlp_out")
+                                                       for l in range(ls, L)])
     out["sum of routes"] = sum(v for k, v in out.items() if k != "total")
     return out
-
-
-def _patch_head(head: int, value: torch.Tensor):
-    def hook(act, hook):
-        act = act.clone()
-        act[:, :, head] = value[:, :, head]
-        return act
-    return hook
 
 
 # --------------------------------------------------------------------------------------

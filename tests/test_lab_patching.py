@@ -150,6 +150,8 @@ def test_copies_with_groups_positions_and_residual_sites_equal_single_runs(gpt2_
               [P.Patch(1, 2, vals[1], pos=int(ds.pos["S2"][0]))],        # one position
               [P.Patch(1, None, cache[hook_name(1, "resid_mid")], "resid_mid", pos=-1)],
               [P.Patch(0, 2, cache[hook_name(0, "k")], "k")],
+              [P.Patch(0, None, cache[hook_name(0, "mlp_out")], "mlp_out"),
+               P.Patch(1, None, cache[hook_name(1, "attn_out")], "attn_out")],
               []]
     logits, _ = P.run_copies(model, ds.tokens, copies)
     for i, c in enumerate(copies):

@@ -42,7 +42,8 @@ from .hooks import (HEAD_SITES, RESID_SITES, Head, Metric, check_tokens, head_ou
 
 Kind = Literal["zero", "mean", "resample"]
 KINDS = ("zero", "mean", "resample")
-PATCH_SITES = HEAD_SITES + RESID_SITES
+STREAM_SITES = RESID_SITES + ("attn_out", "mlp_out")  # no head axis: [batch, pos, d_model]
+PATCH_SITES = HEAD_SITES + STREAM_SITES
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Patch:
     Args:
         layer: the block.
         head: the query-head index at a head site (``"z"``, ``"q"``, ``"k"``, ``"v"``); None at a
-            residual site (``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``). For ``k``/``v`` on
+            stream site (``"resid_pre/mid/post"``, ``"attn_out"``, ``"mlp_out"``). For ``k``/``v`` on
             a grouped-query model the patch hits the shared kv head `kv_index(model, head)`,
             i.e. every query head of that group.
         value: the full site activation of a source run (``[batch, pos, heads_at_site, d_head]``
@@ -70,15 +71,15 @@ class Patch:
     def __post_init__(self) -> None:
         if self.site not in PATCH_SITES:
             raise ValueError(f"a patch site must be one of {PATCH_SITES}, got {self.site!r}")
-        if (self.head is None) != (self.site in RESID_SITES):
-            raise ValueError(f"site {self.site!r} needs {'no head (None)' if self.site in RESID_SITES else 'a head index'}")
+        if (self.head is None) != (self.site in STREAM_SITES):
+            raise ValueError(f"site {self.site!r} needs {'no head (None)' if self.site in STREAM_SITES else 'a head index'}")
 
 
 def apply_patch(model, act: torch.Tensor, patch: Patch, rows: slice = slice(None)) -> None:
     """Write `patch` into `act` (the activation at its hook) for the rows `rows`, in place."""
     where = slice(None) if patch.pos is None else patch.pos
     src = patch.value
-    if patch.site in RESID_SITES:
+    if patch.site in STREAM_SITES:
         act[rows, where] = src[:, where]
         return
     h = kv_index(model, patch.head) if patch.site in ("k", "v") else patch.head
@@ -654,7 +655,7 @@ def attribution_patch_heads(
 
 
 __all__ = [
-    "Kind", "KINDS", "Patch", "apply_patch", "patch_hooks", "heads_replaced", "run_patched", "run_copies",
+    "Kind", "KINDS", "STREAM_SITES", "Patch", "apply_patch", "patch_hooks", "heads_replaced", "run_patched", "run_copies",
     "copy_scores", "copies_runner", "replace_heads", "patch_heads", "patch_heads_by_position", "patch_residual",
     "ablation_values", "ablate_heads", "path_patch", "path_patch_table", "attribution_patch_heads",
 ]

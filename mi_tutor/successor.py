@@ -235,11 +235,6 @@ def flip_rates_of_sets(model, prompts: SuccessorPrompts, head_sets: Sequence[Seq
     return rates
 
 
-def flip_rate_of_heads(model, prompts: SuccessorPrompts, heads: Sequence[Head], shift: int = 1) -> float:
-    """`flip_rates_of_sets` for one set of heads."""
-    return flip_rates_of_sets(model, prompts, [list(heads)], shift)[0]
-
-
 # --------------------------------------------------------------------------------------
 # Method 1: weights (effective OV circuits)
 # --------------------------------------------------------------------------------------
@@ -579,7 +574,7 @@ def known_succession_heads(model, prompts: SuccessorPrompts, threshold: float = 
 
 __all__ = [
     "METHODS", "TOY_CATEGORIES", "ToyTask", "toy_model", "train_toy", "toy_successor_accuracy",
-    "interchange_flip_rates", "flip_rates_of_sets", "flip_rate_of_heads", "successor_score",
+    "interchange_flip_rates", "flip_rates_of_sets", "successor_score",
     "successor_scores", "category_scores", "ica_matrix", "templates", "row_centre", "ICAResult", "run_ica",
     "mean_ablate_head", "ablation_effects", "attribution_estimate", "attribution_effects",
     "disagreements", "high_ablation_low_weight", "minimal_flip_set", "layer_flip_rates",

@@ -102,11 +102,21 @@ with contextlib.redirect_stderr(_io.StringIO()):
     theirs, t_tl = timed(lambda: patching.get_act_patch_attn_head_out_all_pos(m, corrupt, clean_cache, metric_tl))
 theirs = theirs.float()
 base = float(metric_b(m(corrupt)).mean())
+# The floor: the exact engine's arithmetic (counted) over this core count's matmul throughput.
+from torch.utils.flop_counter import FlopCounterMode
+with FlopCounterMode(display=False) as counter:
+    engine.patch_heads(m, corrupt, clean, metric_b, fast=True)
+a = torch.randn(1536, 1536); a @ a
+t0 = time.perf_counter()
+for _ in range(8): a @ a
+peak = 8 * 2 * 1536 ** 3 / (time.perf_counter() - t0)
 corr = lambda a, b: float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
 print(json.dumps({"threads": torch.get_num_threads(), "tokens": clean.shape[1], "heads": theirs.numel(),
                   "transformer_lens_s": t_tl, "growing_batch_s": t_grow, "fast_llama_s": t_fast,
                   "attribution_s": t_attr, "speedup_growing_batch": t_tl / t_grow,
                   "speedup_fast_llama": t_tl / t_fast, "speedup_attribution": t_tl / t_attr,
+                  "fast_llama_gflop": counter.get_total_flops() / 1e9, "matmul_peak_gflops": peak / 1e9,
+                  "floor_s": counter.get_total_flops() / peak,
                   "max_abs_diff_exact": float(max((x - theirs).abs().max() for x in (growing, fast))),
                   "attribution_correlation": corr(attrib, theirs - base)}))
 """
@@ -267,6 +277,17 @@ def to_markdown(results: dict) -> str:
                          f"{p['growing_batch_s']:.1f} | {fast} | {p['attribution_s']:.2f} | {p['speedup_growing_batch']:.1f}x | "
                          f"{fast_x} | {p['speedup_attribution']:.0f}x | {p['max_abs_diff_exact']:.1e} | "
                          f"{p['attribution_correlation']:.3f} |")
+        floors = [(t, p) for t, p in patch.items() if "floor_s" in p]
+        if floors:
+            lines += ["", "What any exact engine must compute: the fast engine's counted arithmetic, against the measured "
+                      "matmul throughput of the same process (1536 x 1536 x 1536), gives a floor on its time:", "",
+                      "| torch threads | exact engine (GFLOP) | matmul throughput (GFLOP/s) | floor (s) | fast Llama (s) | "
+                      "share of peak reached | best possible speed-up over the TransformerLens loop |",
+                      "|---|---|---|---|---|---|---|"]
+            for t, p in floors:
+                lines.append(f"| {t} | {p['fast_llama_gflop']:.0f} | {p['matmul_peak_gflops']:.0f} | {p['floor_s']:.1f} | "
+                             f"{p['fast_llama_s']:.1f} | {p['floor_s'] / p['fast_llama_s']:.0%} | "
+                             f"{p['transformer_lens_s'] / p['floor_s']:.1f}x |")
     return "\n".join(lines) + "\n"
 
 

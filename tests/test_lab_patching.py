@@ -276,6 +276,20 @@ def test_per_prompt_head_patching_equals_transformer_lens_one_prompt_at_a_time(s
     assert torch.allclose(got[:, n - 1].mean(0), mean[n - 1], atol=1e-4)
 
 
+def test_replace_heads_per_prompt_is_the_mean_result_unaveraged(gpt2_arch, gpt2_ds):
+    ds = gpt2_ds
+    vals = P.ablation_values(gpt2_arch, ds.tokens, "mean", ds.tokens)
+    per = P.replace_heads(gpt2_arch, ds.tokens, vals, ds.metric, per_prompt=True)
+    mean = P.replace_heads(gpt2_arch, ds.tokens, vals, ds.metric)
+    assert per.shape == (ds.tokens.shape[0],) + tuple(mean.shape)
+    assert torch.equal(per.mean(0), mean)
+    small = P.replace_heads(gpt2_arch, ds.tokens, vals, ds.metric, per_prompt=True, max_rows=3)
+    assert torch.allclose(small, per, atol=1e-5)  # chunking changes nothing but rounding
+    first = ds.subset([0])
+    one = P.replace_heads(gpt2_arch, first.tokens, {l: v[:1] for l, v in vals.items()}, first.metric, heads=[(1, 0)])
+    assert torch.allclose(per[0, 1, 0], one[1, 0], atol=1e-5)  # prompts do not interact
+
+
 def test_attribution_per_prompt_averages_to_the_mean_estimate(gpt2_arch, gpt2_ds):
     ds = gpt2_ds
     per = P.attribution_patch_heads(gpt2_arch, ds.tokens, ds.abc_tokens, ds.metric, per_prompt=True)
@@ -287,3 +301,30 @@ def test_attribution_per_prompt_averages_to_the_mean_estimate(gpt2_arch, gpt2_ds
         return logit_diff(lg, ds.io[:1], ds.s[:1])
     one = P.attribution_patch_heads(gpt2_arch, ds.tokens[:1], ds.abc_tokens[:1], first)
     assert torch.allclose(per[0], one, atol=1e-4)  # prompts do not interact
+
+
+# --------------------------------------------------------------------------------------
+# hooks.activations: one forward that stops once everything asked for has fired
+# --------------------------------------------------------------------------------------
+
+
+def test_activations_equal_a_full_cache_and_skip_what_nobody_reads(gpt2_arch, gpt2_ds):
+    from mi_tutor.lab.hooks import activations, hook_name
+
+    m, toks, last = gpt2_arch, gpt2_ds.tokens, gpt2_arch.cfg.n_layers - 1
+    calls = []
+    probe = m.ln_final.register_forward_hook(lambda mod, args, out: calls.append(1))
+    try:
+        for names, stops in (([hook_name(0, "z")], True), ([hook_name(last, "resid_post"), hook_name(0, "pattern")], True),
+                             (["hook_embed", hook_name(last, "z")], True), (["ln_final.hook_normalized"], False)):
+            calls.clear()
+            _, cache = m.run_with_cache(toks, names_filter=lambda n: n in names)
+            calls.clear()
+            got = activations(m, toks, names)
+            assert all(torch.equal(cache[n], got[n]) for n in names), names
+            assert (not calls) == stops, names  # the final norm ran only when something after the blocks was asked for
+    finally:
+        probe.remove()
+    assert sum(len(hp._forward_hooks) for hp in m.hook_dict.values()) == 0  # no hook left behind
+    with pytest.raises(ValueError, match="hook_name"):
+        activations(m, toks, ["blocks.0.attn.hook_zz"])

@@ -156,12 +156,61 @@ def check_tokens(tokens: torch.Tensor, name: str = "tokens") -> None:
                          f"model.to_tokens(prompts).")
 
 
+class _Enough(Exception):
+    """Raised by `activations` once every requested hook has fired (the rest of the forward is not needed)."""
+
+
+def _last_block(names: Sequence[str]) -> int | None:
+    """The deepest block a hook in `names` lives in, or None if one lives after the blocks (final norm, unembed)."""
+    deepest = -1
+    for n in names:
+        m = re.match(r"blocks\.(\d+)\.", n)
+        if m:
+            deepest = max(deepest, int(m.group(1)))
+        elif not n.startswith("hook_embed") and not n.startswith("hook_pos_embed"):
+            return None
+    return deepest
+
+
 @torch.no_grad()
 def activations(model, tokens: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """One plain forward pass recording the hooks `names`: ``{name: activation}``."""
+    """One plain forward pass recording the hooks `names`: ``{name: activation}``.
+
+    The pass stops after the deepest block a requested hook lives in: the later blocks, the
+    final norm and the unembedding (a fifth of SmolLM2's arithmetic on short prompts) are not
+    run when nothing is read from them. The values are those of a full forward (tested).
+    """
     wanted = set(names)
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
-    return {n: cache[n].clone() for n in names}
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(act, hook):
+            store[name] = act.detach().clone()
+            return act
+        return hook
+
+    last = _last_block(names)
+    after = None
+    if last is not None:
+        after = model.blocks[last + 1] if last + 1 < len(model.blocks) else getattr(model, "ln_final", None)
+    handle = None
+    if after is not None:
+        def enough(module, args, kwargs):
+            raise _Enough()
+        handle = after.register_forward_pre_hook(enough, with_kwargs=True)
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in wanted])
+    except _Enough:
+        pass
+    except KeyError as e:
+        raise ValueError(f"{e.args[0] if e.args else e} Spell hook names with hook_name(layer, site).") from None
+    finally:
+        if handle is not None:
+            handle.remove()
+    missing = wanted - set(store)
+    if missing:
+        raise ValueError(f"no hook named {sorted(missing)[0]!r} fired; spell hook names with hook_name(layer, site)")
+    return {n: store[n] for n in names}
 
 
 @torch.no_grad()

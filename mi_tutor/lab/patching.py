@@ -317,6 +317,7 @@ def replace_heads(
     pos: int | None = None,
     max_rows: int = 128,
     fast: bool | None = None,
+    per_prompt: bool = False,
 ) -> torch.Tensor:
     """Metric with ONE head's output at a time replaced by `values`: ``[n_layers, n_heads]`` (NaN elsewhere).
 
@@ -325,6 +326,8 @@ def replace_heads(
             a source run for activation patching).
         heads: the heads to replace one by one (default every head of the layers in `values`).
         pos: replace only at this position (e.g. -1), or at every position (None).
+        per_prompt: return the metric per prompt, ``[batch, n_layers, n_heads]`` (its mean over
+            prompts is the default result), for a bootstrap over prompts.
     """
     V.tokens(model, tokens)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -340,12 +343,12 @@ def replace_heads(
     if pos is not None:
         pos = pos % tokens.shape[1]
     run = copies_runner(model, tokens, fast)
-    out = torch.full((n_layers, n_heads), float("nan"))
+    out = torch.full((batch, n_layers, n_heads), float("nan"))
     for chunk in _chunks(list(heads), batch, max_rows):
-        scores = copy_scores(metric, run([[Patch(l, h, values[l], pos=pos)] for l, h in chunk]))[1:]
-        for (l, h), v in zip(chunk, scores):
-            out[l, h] = v
-    return out
+        logits = run([[Patch(l, h, values[l], pos=pos)] for l, h in chunk])[1:]
+        for (l, h), lg in zip(chunk, logits):
+            out[:, l, h] = metric(lg).float()
+    return out if per_prompt else out.mean(0)
 
 
 def patch_heads(
@@ -357,20 +360,35 @@ def patch_heads(
     pos: int | None = None,
     max_rows: int = 128,
     fast: bool | None = None,
+    heads: Sequence[Head] | None = None,
+    per_prompt: bool = False,
 ) -> torch.Tensor:
     """Activation patching of every head's output (hook_z), source into target: ``[n_layers, n_heads]``.
 
     Denoising (source = clean, target = corrupted) asks whether a head is *sufficient* to
     restore behaviour; noising (source = corrupted, target = clean) whether it is *necessary*.
     Equal to TransformerLens's one-forward-per-head loop (tested), in a few batched passes.
+    `heads` restricts the patches (default: every head of `layers`); `per_prompt` returns
+    ``[batch, n_layers, n_heads]`` (NaN where not patched), as `replace_heads` does.
     """
     V.tokens(model, target_tokens, "target_tokens")
     V.same_shape(target_tokens, source_tokens)
     V.tokens(model, source_tokens, "source_tokens")
-    V.layers(model, layers)
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    src = _source_heads(model, source_tokens, layers, fast)
-    return replace_heads(model, target_tokens, src, metric, pos=pos, max_rows=max_rows, fast=fast)
+    if heads is None:
+        V.layers(model, layers)
+        layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+        heads = [(l, h) for l in layers for h in range(model.cfg.n_heads)]
+    V.heads(model, heads)
+    heads = [tuple(h) for h in heads]
+    src = _source_heads(model, source_tokens, sorted({l for l, _ in heads}), fast)
+    return replace_heads(model, target_tokens, src, metric, heads=heads, pos=pos, max_rows=max_rows, fast=fast,
+                         per_prompt=per_prompt)
+
+
+def patch_heads_per_prompt(model, target_tokens: torch.Tensor, source_tokens: torch.Tensor, metric: Metric,
+                           **kwargs) -> torch.Tensor:
+    """`patch_heads(..., per_prompt=True)`: ``[batch, n_layers, n_heads]``, for a bootstrap over prompts."""
+    return patch_heads(model, target_tokens, source_tokens, metric, per_prompt=True, **kwargs)
 
 
 def _source_heads(model, source_tokens: torch.Tensor, layers: Sequence[int], fast: bool | None) -> dict[int, torch.Tensor]:
@@ -656,45 +674,7 @@ def attribution_patch_heads(
 
 __all__ = [
     "Kind", "KINDS", "STREAM_SITES", "Patch", "apply_patch", "patch_hooks", "heads_replaced", "run_patched", "run_copies",
-    "copy_scores", "copies_runner", "replace_heads", "patch_heads", "patch_heads_by_position", "patch_residual",
-    "ablation_values", "ablate_heads", "path_patch", "path_patch_table", "attribution_patch_heads",
+    "copy_scores", "copies_runner", "replace_heads", "patch_heads", "patch_heads_per_prompt", "patch_heads_by_position",
+    "patch_residual", "ablation_values", "ablate_heads", "path_patch", "path_patch_table", "attribution_patch_heads",
 ]
 
-
-# ---- per-prompt head patching (for bootstrap intervals over prompts) -------------------
-
-
-def patch_heads_per_prompt(
-    model,
-    target_tokens: torch.Tensor,
-    source_tokens: torch.Tensor,
-    metric: Metric,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[Head] | None = None,
-    pos: int | None = None,
-    max_rows: int = 128,
-    fast: bool | None = None,
-) -> torch.Tensor:
-    """`patch_heads` per prompt: ``[batch, n_layers, n_heads]`` (NaN where not patched; its mean over prompts is
-    `patch_heads`, tested), for a bootstrap over prompts. `heads` restricts the patches (default: all of `layers`)."""
-    V.tokens(model, target_tokens, "target_tokens"), V.same_shape(target_tokens, source_tokens)
-    V.tokens(model, source_tokens, "source_tokens")
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    if heads is None:
-        V.layers(model, layers)
-        layers = list(range(n_layers)) if layers is None else list(layers)
-        heads = [(l, h) for l in layers for h in range(n_heads)]
-    V.heads(model, heads)
-    heads = [tuple(h) for h in heads]
-    src = _source_heads(model, source_tokens, sorted({l for l, _ in heads}), fast)
-    batch, pos = target_tokens.shape[0], (None if pos is None else pos % target_tokens.shape[1])
-    run = copies_runner(model, target_tokens, fast)
-    out = torch.full((batch, n_layers, n_heads), float("nan"))
-    for chunk in _chunks(heads, batch, max_rows):
-        logits = run([[Patch(l, h, src[l], pos=pos)] for l, h in chunk])[1:]
-        for (l, h), lg in zip(chunk, logits):
-            out[:, l, h] = metric(lg).float()
-    return out
-
-
-__all__ += ["patch_heads_per_prompt"]

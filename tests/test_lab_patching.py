@@ -318,7 +318,7 @@ def test_activations_equal_a_full_cache_and_skip_what_nobody_reads(gpt2_arch, gp
         for names, stops in (([hook_name(0, "z")], True), ([hook_name(last, "resid_post"), hook_name(0, "pattern")], True),
                              (["hook_embed", hook_name(last, "z")], True), (["ln_final.hook_normalized"], False)):
             calls.clear()
-            _, cache = m.run_with_cache(toks, names_filter=lambda n: n in names)
+            _, cache = m.run_with_cache(toks, names_filter=lambda n, wanted=tuple(names): n in wanted)
             calls.clear()
             got = activations(m, toks, names)
             assert all(torch.equal(cache[n], got[n]) for n in names), names

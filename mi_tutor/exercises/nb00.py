@@ -43,11 +43,13 @@ register(Exercise(
     reference=least_squares,
     cases=_ls_cases,
     hints=[
-        "Build the design matrix X = [1, x]: a column of ones (for the intercept) next to the features, "
-        "with np.column_stack([np.ones(len(x)), x]).",
-        "The least-squares coefficients solve the normal equations (X^T X) b = X^T y: use "
-        "np.linalg.solve(X.T @ X, X.T @ y), or np.linalg.lstsq(X, y, rcond=None)[0].",
-        "Return one number per column of X, intercept first: shape [d + 1].",
+        "An intercept is a slope on a feature that is always 1. Build a design matrix X of shape [n, d + 1] whose first "
+        "column is all ones and whose other columns are the features; then b = (b_0, b_1, ..., b_d) and the fit is X b.",
+        "The b that minimises ||y - X b||^2 solves the normal equations X^T X b = X^T y. numpy can solve that linear "
+        "system (np.linalg.solve), or the least-squares problem directly (np.linalg.lstsq, which returns a tuple: the "
+        "coefficients come first).",
+        "Sanity check: on noise-free data y = 3 + 2x you should get back [3, 2]. The result has shape [d + 1], the "
+        "intercept first.",
     ],
     mistakes=[
         Mistake("you forgot the column of ones, so there is no intercept (the line is forced through the origin) "
@@ -76,9 +78,12 @@ register(Exercise(
     reference=max_activating_inputs,
     cases=_max_cases,
     hints=[
-        "For each unit (a column of acts) you want the rows with the largest values: that is a top-k over dim=0.",
-        "acts.topk(k, dim=0) returns (values, indices); you need the indices, already sorted strongest first.",
-        "The result has shape [k, n_units]: column j holds unit j's top inputs.",
+        "Each unit is a column of acts. For every column you want the positions (row indices) of its k largest entries, "
+        "so you rank along the inputs axis, dim=0, not along the units.",
+        "torch.topk returns a pair (values, indices), already sorted largest first. Decide which axis it should run over "
+        "and which half of the pair the task asks for.",
+        "The result is a LongTensor of shape [k, n_units]. Sanity check: for every unit j, acts[out[0, j], j] equals the "
+        "largest entry of column j.",
     ],
     mistakes=[
         Mistake("you took the k SMALLEST activations (ascending sort): you want the largest first",
@@ -124,9 +129,12 @@ register(Exercise(
     returns_copy=True,
     cases=_abl_cases,
     hints=[
-        "Work on a copy (hidden.clone()) so the caller's activations are untouched.",
-        "Replace column `unit` by one number: that unit's mean activation over all inputs, hidden[:, unit].mean().",
-        "Leave every other column exactly as it was.",
+        "Mean ablation replaces unit j's activation on every input by one number, its mean over the inputs: mean_j = "
+        "(1/n) sum_i hidden[i, j], the average of column j over the rows.",
+        "Work on a copy of hidden (.clone()), never on hidden itself. Compute that scalar from the original column, then "
+        "overwrite only column `unit` of the copy with it: broadcasting fills every row.",
+        "Sanity check: in the result, column `unit` is constant and has the same mean as before; every other column is "
+        "identical to hidden's.",
     ],
     mistakes=[
         Mistake("you set the unit to zero (zero ablation); mean ablation sets it to its mean over the inputs",
@@ -200,11 +208,14 @@ register(Exercise(
     reference=ablation_costs,
     cases=_cost_cases,
     hints=[
-        "The prediction is hidden @ w_out + b_out. Compute the intact model's MSE once, then the MSE of two "
-        "ablated copies (hidden.clone(), never hidden itself) and subtract the intact MSE from each.",
-        "Zero ablation: copy[:, unit] = 0. Mean ablation: copy[:, unit] = hidden[:, unit].mean(), the mean over "
-        "the inputs (rows) of the ORIGINAL activations, taken before anything is overwritten.",
-        "Return torch.stack([zero_cost, mean_cost]): float32, zero ablation first.",
+        "A cost is MSE(ablated) - MSE(intact), where the prediction is y_hat_i = sum_k h_ik w_k + b and the MSE is the "
+        "mean over inputs of (y_hat_i - target_i)^2. So you need three MSEs: intact, zero-ablated, mean-ablated.",
+        "Build each ablated activation matrix on its own copy of hidden (.clone()), with only column `unit` overwritten: "
+        "by 0, and by that column's mean over the inputs. Take the mean from the original activations, before anything is "
+        "overwritten.",
+        "Return a float32 tensor of shape [2], zero ablation first. Sanity check with the identity you derived: cost_zero "
+        "- cost_mean = (w_j m_j)^2 + 2 w_j m_j r_bar, where m_j is the unit's mean activation and r_bar the intact "
+        "model's mean residual.",
     ],
     mistakes=[
         Mistake("you returned the ablated models' MSEs; the task asks for the INCREASE over the intact model's MSE "

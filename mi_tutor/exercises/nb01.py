@@ -56,9 +56,13 @@ register(Exercise(
                 "cos 2, sin 2, ...", _basis_cos_then_sin),
     ],
     hints=[
-        "x = torch.arange(p); the row for cos k is torch.cos(2 * math.pi * k * x / p), and k runs from 1 to (p-1)//2.",
-        "Start the list with a row of ones, append cos then sin for each k, torch.stack the rows.",
-        "Divide every row by its own norm (basis / basis.norm(dim=1, keepdim=True)) and check basis @ basis.T is the identity.",
+        "Evaluate each basis function at x = 0, 1, ..., p-1. Row order: the constant, then for k = 1 .. (p-1)/2 the pair "
+        "cos(w_k x), sin(w_k x) with angular frequency w_k = 2 pi k / p. That is 1 + 2 (p-1)/2 = p rows of length p.",
+        "Steps: a float vector of the p positions; the constant row; the cos and the sin row for each k, in that order; "
+        "stack them into a [p, p] tensor; then rescale each row to Euclidean norm 1 (a norm over dim=1, keeping that "
+        "dimension so the division broadcasts).",
+        "Sanity check: basis @ basis.T is the identity to float precision. Before scaling, the constant row has norm "
+        "sqrt(p) and every cos or sin row has norm sqrt(p / 2).",
     ],
     atol=1e-5,
 ))
@@ -107,8 +111,13 @@ register(Exercise(
                 _shares_cos_only),
     ],
     hints=[
-        "coeffs = basis @ W_E[:p] has one row per basis vector; (coeffs ** 2).sum(-1) is each component's squared norm.",
-        "Frequency k owns rows 2k-1 (cos) and 2k (sin): sq[1::2] + sq[2::2]. Divide by (W_E[:p] ** 2).sum().",
+        "The basis is orthonormal, so projecting does not change norms: ||W_E[:p]||^2 is the sum of the squared norms of "
+        "the rows of the Fourier coefficients basis @ W_E[:p] ([p, d], one row per basis function). Leave out the last "
+        "row of W_E (the '=' token) everywhere, the total included.",
+        "Row 0 is the constant; frequency k owns the cos row 2k-1 and the sin row 2k. Per frequency, add those two rows' "
+        "squared norms, then divide by ||W_E[:p]||^2 (the constant stays in that total).",
+        "The result has shape [(p-1)/2], entry k-1 for frequency k. Sanity check: the shares plus the constant row's "
+        "share add up to 1.",
     ],
 ))
 
@@ -159,9 +168,14 @@ register(Exercise(
                 "directions.T @ (directions @ acts), shape [N, d_mlp]", _excluded_no_transpose_back),
     ],
     hints=[
-        "The neurons' part along the directions is directions.T @ (directions @ acts): shape [N, d_mlp].",
-        "That part reaches the logits through W_L, so subtract (part @ W_L) from the logits.",
-        "Return float(F.cross_entropy(new_logits, labels)).",
+        "Treat each neuron as a function over the N inputs: a column of acts. Its part along the directions is its "
+        "orthogonal projection onto the span of the rows of D, that is D^T D applied along the input axis; the part has "
+        "the shape of acts, [N, d_mlp].",
+        "Removing that part from the neurons changes the logits only through W_L ([d_mlp, p]): map the part to logit "
+        "space, subtract it from the logits, and take the cross-entropy with the labels (a Python float).",
+        "Sanity check: the coefficients D @ acts are [m, d_mlp], one per direction and neuron, and must be mapped back "
+        "onto the inputs before W_L. If the directions are orthogonal to every column of acts, nothing is removed and you "
+        "get the plain loss of the logits.",
     ],
 ))
 
@@ -203,8 +217,13 @@ register(Exercise(
                 "the constant (cos(w_k a), sin(w_k b), ...): use indices {0, 2k-1, 2k} on both axes", _fraction_products_only),
     ],
     hints=[
-        "Frequency k lives at indices idx = [0, 2k-1, 2k] on each axis; coeffs[idx][:, idx] is a 3x3xn block.",
-        "Square the coefficients. Both the block's sum and the total must leave out the mean, sq[0, 0].",
+        "Frequency k's own terms sit at the indices {0, 2k-1, 2k} (const, cos k, sin k) on BOTH axes: a 3 x 3 block of "
+        "each neuron's [p, p] coefficient grid. Its corner [0, 0] is the neuron's mean, which is not variance.",
+        "Work with squared coefficients. Numerator: the block's sum minus the mean term; denominator: the whole grid's "
+        "sum minus the mean term. Both are per neuron, so sum over the first two axes only. Indexing one axis with a list "
+        "of indices, then the other, picks out the block.",
+        "The result has shape [n]. Sanity check: a neuron made only of a constant plus cos(w_k a) cos(w_k b) scores 1 for "
+        "frequency k and 0 for every other frequency.",
     ],
 ))
 
@@ -248,8 +267,13 @@ register(Exercise(
                 "loss keeps only the mean and the part along the directions", _restricted_excluded),
     ],
     hints=[
-        "The part of the logits along orthonormal rows D is D.T @ (D @ logits), shape [N, p].",
-        "Add back each logit's mean over the inputs, logits.mean(0, keepdim=True), into a new tensor (no in-place -=).",
-        "Return float(F.cross_entropy(kept.double(), labels)).",
+        "View each class column of the logits as a function over the N inputs. Keep two parts of it: its mean over the "
+        "inputs (the constant component) and its orthogonal projection onto the rows of D, D^T D applied along the input "
+        "axis. The directions are orthogonal to the constant, so the two parts do not overlap.",
+        "Build the kept logits ([N, p]) as a new tensor: the per-class mean over the inputs (one row, broadcast over all "
+        "N rows) plus the projected part. Do not add or subtract in place: the caller's logits must stay as they were "
+        "(work on a copy if you need one). Then the cross-entropy in float64, as a Python float.",
+        "Sanity check: if the directions span everything orthogonal to the constant (m = N - 1), the kept logits equal "
+        "the logits and you get the ordinary loss back.",
     ],
 ))

@@ -56,9 +56,12 @@ register(Exercise(
     cases=_prev_cases,
     edge_cases=_prev_edge_cases,
     hints=[
-        "The entry pattern[..., q, q-1] is the attention from query q to the key just before it.",
-        "torch.diagonal(pattern, offset=-1, dim1=-2, dim2=-1) collects pattern[..., q, q-1] for q = 1 .. seq-1.",
-        "Average over that last axis only, so that every leading axis (batch, head) survives.",
+        "The entries pattern[..., q, q-1] for q = 1 .. n-1 lie on the diagonal just below the main one of each [n, n] "
+        "matrix: n-1 numbers per batch item and head.",
+        "torch.diagonal can read an off-main diagonal of the last two axes directly (work out the sign of its offset) and "
+        "puts it in the last axis. Then average over that axis only.",
+        "The output keeps every leading axis: shape [...]. Sanity check: on a pattern where every query q >= 1 attends "
+        "only to q-1, the score is 1 for every batch item and head.",
     ],
     mistakes=[
         Mistake("you read the main diagonal (attention to the current token), not the one just below it "
@@ -102,9 +105,13 @@ register(Exercise(
     reference=scores.induction_score,
     cases=_ind_cases,
     hints=[
-        "The copy occupies positions start+L .. start+2L-1. A query q there saw its token before at q-L.",
-        "An induction head attends to the token *after* that earlier occurrence: key = q - L + 1.",
-        "Index with two aligned position vectors: pattern[..., q, q - half_len + 1], then mean over the last axis.",
+        "On a sequence repeated once, a query q in the second copy (positions start+L .. start+2L-1) saw its own token "
+        "before, at q - L. Prefix matching attends to the token one AFTER that earlier occurrence.",
+        "Build two aligned index vectors: the L query positions of the second copy and, for each, its key position. "
+        "Indexing the last two axes of pattern with both at once pairs them up elementwise; then average over the "
+        "queries.",
+        "Sanity check: key = q - L would give the duplicate-token score, not the induction score; with a BOS token (start "
+        "= 1) the second copy begins at position L + 1. The output has shape [...], like the leading axes.",
     ],
     mistakes=[
         Mistake("you measured attention to the earlier occurrence itself (key = q - L: the duplicate-token "
@@ -154,9 +161,12 @@ register(Exercise(
     reference=scores.k_composition_score,
     cases=_kcomp_cases,
     hints=[
-        "The earlier head writes x @ W_OV. The later head compares query x_q with key x_k through x_q @ W_QK @ x_k.T.",
-        "Put the earlier head's output in the key slot: x_q @ W_QK @ (x @ W_OV).T = x_q @ (W_QK @ W_OV.T) @ x.T.",
-        "Score = ||W_QK @ W_OV.T||_F / (||W_QK||_F * ||W_OV||_F); torch.linalg.matrix_norm defaults to Frobenius.",
+        "Follow the earlier head's output into the later head's key slot: in the bilinear form x_q W_QK x_k^T, replace "
+        "x_k by x W_OV. Which single [d_model, d_model] matrix then sits between x_q and x^T?",
+        "That matrix is W_QK W_OV^T. The score is its Frobenius norm divided by the product of the Frobenius norms of "
+        "W_QK and W_OV; torch.linalg.matrix_norm computes the Frobenius norm by default. Return a float.",
+        "Sanity check: the score lies in [0, 1] and does not change if you rescale either matrix. Q-composition puts W_OV "
+        "on the query side instead, a different product with a different value.",
     ],
     mistakes=[
         Mistake("you computed Q-composition (W_OV @ W_QK: the earlier head feeding the query side); "
@@ -199,10 +209,13 @@ register(Exercise(
     reference=scores.in_context_learning_score,
     cases=_icl_cases,
     hints=[
-        "Our convention: late minus early. A negative score means later tokens are predicted better.",
-        "Average the columns early-halfwidth .. early+halfwidth (inclusive: that is halfwidth*2+1 columns), "
-        "over every row; the same around `late`.",
-        "Slices exclude their end: loss[:, i - w : i + w + 1].",
+        "Our convention: score = (mean loss around `late`) - (mean loss around `early`). A negative score means later "
+        "tokens are predicted better: the model uses its context.",
+        "Each window holds the 2*halfwidth + 1 columns from index - halfwidth to index + halfwidth, both ends included; "
+        "average over every row and those columns, then subtract. A Python slice excludes its end, so choose the end with "
+        "care.",
+        "Sanity check: with halfwidth = 0 the score is the mean of column `late` minus the mean of column `early`. Return "
+        "a Python float.",
     ],
     mistakes=[
         Mistake("you used the opposite sign convention (early minus late); this course fixes late minus early, "
@@ -256,9 +269,12 @@ register(Exercise(
     returns_copy=True,
     cases=_mean_hook_cases,
     hints=[
-        "hook_z is [batch, pos, head, d_head]: the head is axis 2. mean_z is [pos, head, d_head] (no batch axis).",
-        "Clone first (out = z.clone()), then set out[:, :, head] = mean_z[:, head]: it broadcasts over the batch.",
-        "Return the new tensor; leave z itself unchanged (the run's other hooks and caches may hold it).",
+        "hook_z is [batch, pos, head, d_head], so one head is a slice along axis 2. mean_z is [pos, head, d_head]: one "
+        "mean per position and head, with no batch axis.",
+        "Work on a copy of z (.clone()). Overwrite only head `head` of the copy with that head's slice of mean_z ([pos, "
+        "d_head]), which broadcasts over the batch, and return the copy.",
+        "Sanity check: every other head of the result equals z's; head `head` is identical for every batch item; and z "
+        "itself is unchanged.",
     ],
     mistakes=[
         Mistake("you zero-ablated the head: mean ablation writes the head's mean output, mean_z[:, head]", _mean_hook_zero),
@@ -297,10 +313,13 @@ register(Exercise(
     returns_copy=True,
     cases=_restore_cases,
     hints=[
-        "hook_k is [batch, pos, n_kv_heads, d_head]. With grouped-query attention, consecutive query heads share one "
-        "key/value head: group = n_heads // n_kv_heads, kv = head // group.",
-        "Clone first (out = k.clone()), then out[:, :, kv] = clean_k[:, :, kv].",
-        "Without grouped-query attention (n_kv_heads == n_heads) kv is simply head.",
+        "hook_k is [batch, pos, n_kv_heads, d_head]. With grouped-query attention the n_heads query heads share the "
+        "n_kv_heads key/value heads in consecutive groups of n_heads / n_kv_heads: the first group reads kv head 0, the "
+        "next kv head 1, and so on.",
+        "Find which group query head `head` falls in (integer division, not the remainder). Then, on a copy of k "
+        "(.clone()), replace that kv head's slice along axis 2 with clean_k's, and return the copy.",
+        "Sanity check: with 9 query heads and 3 kv heads, query heads 3, 4 and 5 all map to kv head 1; without grouping "
+        "(n_kv_heads == n_heads) the kv head is the query head itself.",
     ],
     mistakes=[
         Mistake("you mapped the query head to a key/value head with head % n_kv_heads (or used the query index "

@@ -52,12 +52,13 @@ register(Exercise(
     reference=softmax_regression_grads,
     cases=_grad_cases,
     hints=[
-        "Write loss(w, x, t) for ONE example: logits = w @ x (shape [C]); F.cross_entropy wants a batch, "
-        "so use logits.unsqueeze(0) and t.unsqueeze(0).",
-        "torch.func.grad(loss) is a function returning d loss / d w for one example; "
-        "torch.func.vmap(..., in_dims=(None, 0, 0)) maps it over the rows of X and y while sharing W.",
-        "The result has shape [N, C, D]: one gradient the shape of W per example. Check: its mean over "
-        "examples equals the gradient of the mean loss.",
+        "Write the loss of ONE example as a function of the weights: logits W x_n (shape [C]) and the cross-entropy with "
+        "label y_n. F.cross_entropy expects a batch axis, so give it a batch of one.",
+        "torch.func.grad turns that function into one that returns d loss / d W for one example; torch.func.vmap maps it "
+        "over the examples. Its in_dims tell it which arguments are batched (the rows of X and y) and which one is shared "
+        "(W).",
+        "The result has shape [N, C, D]. Sanity checks: example n's gradient is (softmax(W x_n) - onehot(y_n)) x_n^T, and "
+        "the mean over examples equals the gradient of the mean loss.",
     ],
     mistakes=[
         Mistake("you computed the gradient of the batch-mean loss once and repeated it for every example; "
@@ -99,10 +100,12 @@ register(Exercise(
     reference=random_projection,
     cases=_proj_cases,
     hints=[
-        "Draw R with torch.randn(D, k, generator=torch.Generator().manual_seed(seed), dtype=G.dtype): "
-        "same seed, same matrix, so the check can compare exactly.",
-        "Project the rows: G @ R has shape [N, k].",
-        "Divide by sqrt(k): then E[(gR)(hR)^T] = g h^T, so inner products and norms are kept on average.",
+        "Draw R exactly as the task says: shape [D, k], from a generator seeded with `seed`, in G's dtype. The check "
+        "compares with the same random matrix, so the shape of the draw matters, not only its values.",
+        "Every row g of G becomes g R / s for one scale s; a single matrix product projects all the rows at once, giving "
+        "shape [N, k].",
+        "Choose s so that inner products survive on average: the entries of R have variance 1, so E[(g R)(h R)^T] = k (g "
+        "h^T). The scale depends on k, not on D.",
     ],
     mistakes=[
         Mistake("you forgot to divide by sqrt(k): the projected norms are about sqrt(k) times too big", _proj_no_scale),
@@ -154,10 +157,13 @@ register(Exercise(
     reference=rank_one_gram,
     cases=_gram_cases,
     hints=[
-        "Token t's gradient is the outer product delta_t x_t^T. Write the Frobenius inner product of two of them "
-        "as a double sum over i, j: it splits into (sum_i delta_ti delta_si) times (sum_j x_tj x_sj).",
-        "Those two sums are the Gram matrices deltas @ deltas.T and xs @ xs.T, each [N, N].",
-        "Combine them ELEMENTWISE (*), not with a matrix product (@); return raw inner products, not cosines.",
+        "Write the Frobenius inner product of two outer products as a double sum: <delta_t x_t^T, delta_s x_s^T> = sum_i "
+        "sum_j delta_ti x_tj delta_si x_sj. It factorises into a sum over i times a sum over j.",
+        "For all pairs (t, s) at once, each factor is an ordinary [N, N] Gram matrix: one of the deltas, one of the "
+        "inputs. Entry (t, s) of the answer is the product of the two matrices' entries (t, s): which operation combines "
+        "them that way, and which does not?",
+        "Sanity check for one pair: build delta_t x_t^T and delta_s x_s^T explicitly, multiply them entry by entry and "
+        "sum; that must equal your entry (t, s). Return raw inner products (not cosines) in the inputs' dtype.",
     ],
     mistakes=[
         Mistake("you multiplied the two Gram matrices with @ (a matrix product): the inner product of two outer "

@@ -50,10 +50,13 @@ register(Exercise(
     reference=sae_loss,
     cases=_sae_cases,
     hints=[
-        "Two terms: reconstruction ||h - h_hat||^2 and sparsity l1_coeff * ||z||_1, both per input, then averaged "
-        "over the batch.",
-        "Per input, SUM over dimensions: ((h - h_hat) ** 2).sum(-1) and z.abs().sum(-1); then .mean() over the batch.",
-        "Return one scalar tensor: recon + l1_coeff * sparsity.",
+        "Two terms, each computed per input and then averaged over the batch: the squared reconstruction error ||h - "
+        "h_hat||^2 and the L1 norm ||z||_1 (the sum of absolute values), the second weighted by l1_coeff.",
+        "'Per input' means: reduce the last axis with a SUM (over dimensions for the error, over latents for the L1 "
+        "norm), which gives [batch] vectors, and only then average over the batch. A built-in mean squared error averages "
+        "over the dimensions too: that is a different loss.",
+        "Sanity check: with h_hat = h and z = 0 the loss is 0; with h_hat = h it is l1_coeff times the batch mean of sum "
+        "|z|. Return one scalar tensor.",
     ],
     mistakes=[
         Mistake("you averaged the squared error over dimensions too (F.mse_loss / .mean() over everything): "
@@ -100,9 +103,12 @@ register(Exercise(
     reference=feature_recovery,
     cases=_rec_cases,
     hints=[
-        "Normalise every row of both matrices to unit length, so that dot products are cosine similarities.",
-        "cos = t @ l.T has one row per TRUE feature; for each true feature take the best learned direction: max over dim=1.",
-        "Average those best cosines over the true features: a scalar in [-1, 1].",
+        "A cosine similarity is the dot product of unit vectors: rescale every row of both matrices to norm 1 first (the "
+        "learned directions come at arbitrary lengths).",
+        "One matrix product gives the [n, k] table of cosines between every true feature and every learned direction. For "
+        "each TRUE feature (a row of that table) keep its best match, then average over the true features.",
+        "Sanity check: if learned_dirs contains every true direction (in any order, at any positive scale), the score is "
+        "1 up to rounding. A learned direction pointing the opposite way has cosine -1: it does not count as a match.",
     ],
     mistakes=[
         Mistake("you did not normalise the directions, so you computed dot products, not cosine similarities",
@@ -152,9 +158,12 @@ register(Exercise(
     reference=causal_importance_mask,
     cases=_mask_cases,
     hints=[
-        "The hard sigmoid is clamp(pre, 0, 1): exactly 0 below 0 and exactly 1 above 1.",
-        "A sample of U(g, 1) from r ~ U(0, 1): start at g and add a random fraction of the gap (1 - g).",
-        "Return the tuple (g, g + (1 - g) * r).",
+        "SPD's hard sigmoid is the identity on [0, 1] and flat outside it: 0 below 0, 1 above 1. Unlike the smooth "
+        "sigmoid it reaches 0 and 1 exactly (torch can clip a tensor to a range).",
+        "To turn r ~ U(0, 1) into a sample of U(g, 1): the interval [g, 1] has length 1 - g; start at its lower end and "
+        "move a fraction r of that length.",
+        "Sanity check: where g = 1 the mask is 1 whatever r is; where g = 0 the mask equals r. Return the pair (g, m), "
+        "both of the shape of pre.",
     ],
     mistakes=[
         Mistake("you used the smooth sigmoid: SPD's hard sigmoid clamp(pre, 0, 1) reaches exactly 0 (ablatable) and 1",
@@ -224,11 +233,14 @@ register(Exercise(
     reference=stochastic_recon_loss,
     cases=_recon_cases,
     hints=[
-        "First the mask, m = g + (1 - g) * r: a sample of U(g, 1) per input and subcomponent, [B, C].",
-        "Encode: the inner activations x @ V.T are [B, C]; scale them by the mask and write with U: "
-        "h = ((x @ V.T) * m) @ U is [B, m].",
-        "Decode with the SAME subcomponents and the SAME mask (the weights are tied): "
-        "out = relu(((h @ U.T) * m) @ V + bias); then ((out - target_out) ** 2).sum(-1).mean().",
+        "Three steps: draw the mask m ~ U(g, 1) from r as in the previous exercise ([B, C]); run the masked model on x; "
+        "compare its output with target_out.",
+        "Encode: the inner activations v_c . x of all subcomponents ([B, C]), scaled by the mask, written with the u_c: h "
+        "is [B, m]. Decode through the SAME subcomponents (the weights are tied): u_c . h ([B, C]), scaled by the same "
+        "mask, written with the v_c, plus the bias, then the ReLU: [B, n].",
+        "The loss sums the squared error over the n outputs and averages over the batch (a scalar). Sanity check: with g "
+        "= 1 everywhere the mask is 1, and if sum_c u_c v_c^T equals the model's weight matrix the output matches "
+        "target_out and the loss is 0.",
     ],
     mistakes=[
         Mistake("you masked only the first use of the weights: the toy model is tied (W encodes and W^T decodes), "

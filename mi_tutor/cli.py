@@ -72,16 +72,19 @@ def _checkout(cmd: str) -> Path | None:
 
 def student_check(root: Path) -> int:
     """Exit status of `mi-tutor student --check`: 1 (and which files) if any student notebook is stale."""
-    from .notebooks import render_student, source_notebooks, student_path
+    from .notebooks import hints_in_sync, render_student, source_notebooks, student_path
 
     stale = []
     for src in source_notebooks(root):
         dst = student_path(src)
+        if not hints_in_sync(src):
+            stale.append(src.relative_to(root))
         if not dst.exists() or dst.read_text() != render_student(src):
             stale.append(dst.relative_to(root))
     if stale:
-        print(f"{len(stale)} student notebook(s) out of date: {', '.join(map(str, stale))}; "
-              "regenerate them with `mi-tutor student` (or ./run.sh student) and commit them", file=sys.stderr)
+        print(f"{len(stale)} notebook(s) out of date (student versions, or hint cells that differ from the exercises' "
+              f"hints): {', '.join(map(str, stale))}; regenerate them with `mi-tutor student` (or ./run.sh student) "
+              "and commit them", file=sys.stderr)
         return 1
     print("student notebooks are up to date")
     return 0

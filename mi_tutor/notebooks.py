@@ -90,6 +90,47 @@ def make_student(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     return student
 
 
+#: One numbered hint block of a notebook: the text comes from the exercise's ``hints`` (one source).
+HINT_RE = re.compile(r"<details><summary>Hint \d+</summary>.*?</details>\n?", re.S)
+
+
+def hint_markdown(name: str) -> str:
+    """The ``<details>`` blocks of exercise `name`'s hints, as its notebook shows them (and ``hints(name)`` prints)."""
+    from .exercises import REGISTRY
+
+    return "\n".join(f"<details><summary>Hint {i}</summary>\n\n{h}\n</details>"
+                     for i, h in enumerate(REGISTRY[name].hints, 1))
+
+
+def sync_hints(nb: nbformat.NotebookNode) -> int:
+    """Rewrite the hint blocks after each ``check("name", fn)`` cell from the exercise's own hints.
+
+    The hints live once, in `mi_tutor.exercises`; the markdown cell right after a check cell
+    shows them (the first numbered block's place gets all of them; other text stays). Returns
+    how many cells changed.
+    """
+    changed = 0
+    cells = nb.cells
+    for i, cell in enumerate(cells[:-1]):
+        m = CHECK_RE.search(cell.source) if cell.cell_type == "code" else None
+        nxt = cells[i + 1]
+        if m is None or nxt.cell_type != "markdown" or not HINT_RE.search(nxt.source):
+            continue
+        first = HINT_RE.search(nxt.source)
+        rest = HINT_RE.sub("", nxt.source[first.end():])
+        new = nxt.source[:first.start()] + hint_markdown(m.group(1)) + ("\n\n" + rest.lstrip("\n") if rest.strip() else "")
+        if new != nxt.source:
+            nxt.source = new
+            changed += 1
+    return changed
+
+
+def hints_in_sync(path: Path) -> bool:
+    """Whether `path`'s hint cells show exactly its exercises' hints."""
+    nb = nbformat.read(str(path), as_version=4)
+    return sync_hints(nb) == 0
+
+
 def student_path(src: Path) -> Path:
     return src.parent / STUDENT_DIR / src.name
 
@@ -101,9 +142,13 @@ def render_student(src: Path) -> str:
 
 
 def write_student_notebooks(root: Path | None = None) -> list[Path]:
-    """Regenerate every student notebook; returns the paths written."""
+    """Bring each source notebook's hint cells in line with its exercises' hints (`sync_hints`),
+    then regenerate every student notebook; returns the paths written."""
     written = []
     for src in source_notebooks(root):
+        nb = nbformat.read(str(src), as_version=4)
+        if sync_hints(nb):
+            nbformat.write(nb, str(src))
         dst = student_path(src)
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_text(render_student(src))

@@ -112,3 +112,20 @@ def test_checkout_commands_say_so_when_run_from_an_installed_wheel(tmp_path, mon
         err = capsys.readouterr().err
         assert f"mi-tutor {cmd[0]} needs a checkout" in err and "git clone https://github.com/mi-tutor/mi_tutor" in err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_hint_cells_are_rewritten_from_the_exercises_hints_and_keep_their_other_text():
+    from mi_tutor.exercises import REGISTRY
+
+    old = "<details><summary>Hint 1</summary>\n\nold text\n</details>\n<details><summary>Hint 2</summary>\n\nx\n</details>"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('check("least_squares", least_squares)'),
+        nbformat.v4.new_markdown_cell("Stuck?\n\n" + old + "\n\n### Next section"),
+        nbformat.v4.new_markdown_cell(old),  # not after a check cell: left alone
+    ])
+    assert notebooks.sync_hints(nb) == 1
+    text = nb.cells[1].source
+    assert text.startswith("Stuck?\n\n") and text.endswith("</details>\n\n### Next section") and "old text" not in text
+    assert all(f"<summary>Hint {i}</summary>\n\n{h}\n</details>" in text for i, h in enumerate(REGISTRY["least_squares"].hints, 1))
+    assert nb.cells[2].source == old
+    assert notebooks.sync_hints(nb) == 0  # idempotent

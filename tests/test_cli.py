@@ -126,6 +126,7 @@ def test_hint_cells_are_rewritten_from_the_exercises_hints_and_keep_their_other_
     assert notebooks.sync_hints(nb) == 1
     text = nb.cells[1].source
     assert text.startswith("Stuck?\n\n") and text.endswith("</details>\n\n### Next section") and "old text" not in text
-    assert all(f"<summary>Hint {i}</summary>\n\n{h}\n</details>" in text for i, h in enumerate(REGISTRY["least_squares"].hints, 1))
+    hints = REGISTRY["least_squares"].hints
+    assert all(f"<summary>Hint {i}</summary>\n\n{h}\n</details>" in text for i, h in enumerate(hints, 1))
     assert nb.cells[2].source == old
     assert notebooks.sync_hints(nb) == 0  # idempotent

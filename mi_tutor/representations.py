@@ -435,6 +435,12 @@ def sweep_table(sweeps: dict[str, ProbeSweep]) -> str:
     return "\n".join(lines)
 
 
+def value_range(x: torch.Tensor) -> str:
+    """``"0.38-0.53"``, or ``"1.00"`` when every value rounds to the same two decimals."""
+    lo, hi = f"{float(x.min()):.2f}", f"{float(x.max()):.2f}"
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def plot_probe_sweep(sweep: ProbeSweep, title: str = "", other: ProbeSweep | None = None,
                      other_name: str = "held-out sentences"):
     """Held-out accuracy by layer: both probes on the task and on the control task, and their selectivity.
@@ -655,7 +661,7 @@ __all__ = [
     "plot_lens_view", "translator_kl", "AgreementSet", "agreement_set", "agreement_logit_diff", "last_logits",
     "split", "noun_split", "per_group_mean", "control_labels", "mean_difference_direction",
     "mean_difference_accuracy", "selectivity", "logistic_probe", "probe_direction", "ProbeSweep", "probe_sweep",
-    "sweep_table", "plot_probe_sweep", "steer", "steered_final_residuals", "dose_responses", "dose_response",
+    "sweep_table", "value_range", "plot_probe_sweep", "steer", "steered_final_residuals", "dose_responses", "dose_response",
     "steering_by_layer", "side_effect_kls", "side_effect_kl", "control_tokens", "intervals", "plot_dose_response",
     "greedy", "SteeringExplorer",
 ]

@@ -176,3 +176,8 @@ def test_the_translator_reports_the_constant_floor_and_beats_the_lens_midway(smo
     assert tk["constant"].shape == (1,) and float(tk["constant"]) > 0
     assert float(tk["translator"][1]) < float(tk["logit lens"][1])
     assert float(tk["logit lens"][-1]) < 1e-4
+
+
+def test_value_range_collapses_a_constant_row():
+    assert rep.value_range(torch.tensor([1.0, 0.999, 1.0])) == "1.00"
+    assert rep.value_range(torch.tensor([0.38, 0.53, 0.5])) == "0.38-0.53"

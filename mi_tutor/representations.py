@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .lab import hooks, readout, scores
+from .lab import hooks, patching, readout, scores
 
 DATA_FILE = Path(__file__).parent / "data" / "representations" / "representations.json"
 
@@ -87,7 +87,9 @@ class LensRun:
     final_top: torch.Tensor
     last_ids: torch.Tensor
     max_gap: float
-    vocab: list[str] = field(default_factory=list)
+    #: the decoded text of every token id in `top_ids` (decoded one by one: a whole-vocabulary batch decode
+    #: runs the tokenizer's thread pool and costs memory)
+    vocab: dict[int, str] = field(default_factory=dict)
 
     @property
     def n_layers(self) -> int:
@@ -121,8 +123,14 @@ def lens_run(model, prompts: Sequence[str] | None = None, answers: Sequence[str]
         prompts, answers = zip(*data()["lens_prompts"])
     prompts, answers = list(prompts), list(answers)
     tokens, last = encode(model, prompts)
-    resid = readout.residuals_at(model, tokens, last)  # [L+1, n, d]
-    model_logits = model(tokens)[torch.arange(len(prompts)), last].float()
+    n = model.cfg.n_layers
+    names = [hooks.hook_name(0, "resid_pre")] + [hooks.hook_name(l, "resid_post") for l in range(n)]
+    wanted = set(names)
+    logits_all, cache = model.run_with_cache(tokens, names_filter=lambda nm: nm in wanted)  # one forward for both
+    b = torch.arange(len(prompts))
+    resid = torch.stack([cache[nm][b, last] for nm in names])  # [L+1, n, d], as readout.residuals_at
+    model_logits = logits_all[b, last].float()
+    del logits_all, cache
     ans = torch.tensor([first_token(model, a) for a in answers])
     ranks, top_ids, top_probs, kl = [], [], [], []
     for layer_resid in resid:  # one layer at a time: [n, vocab] each, never [L+1, n, vocab]
@@ -136,7 +144,7 @@ def lens_run(model, prompts: Sequence[str] | None = None, answers: Sequence[str]
     ranks, top_ids, top_probs, kl = (torch.stack(x) for x in (ranks, top_ids, top_probs, kl))
     return LensRun(prompts, answers, ans, ranks, top_ids, top_probs, kl, model_logits.argmax(-1),
                    tokens[torch.arange(len(prompts)), last], max_gap,
-                   model.tokenizer.batch_decode(torch.arange(model.cfg.d_vocab)[:, None]))
+                   {int(i): model.tokenizer.decode([int(i)]) for i in torch.unique(top_ids)})
 
 
 def plot_lens_overview(run: LensRun, title: str = ""):
@@ -187,9 +195,14 @@ def translator_kl(model, tokens: torch.Tensor, layers: Sequence[int] | None = No
     """A cheap stand-in for the tuned lens: per layer, an affine map from the residual to the LAST layer's residual,
     fitted by ridge least squares on part of `tokens`' positions, then decoded with the logit lens.
 
-    Returns ``{"logit lens": [len(layers)], "translator": [len(layers)]}`` (lens indices, default all):
-    mean KL(output || lens) on the held-out positions.
-    (The tuned lens of Belrose et al. 2023 trains each translator by gradient descent on this KL itself.)
+    Returns ``{"logit lens": [len(layers)], "translator": [len(layers)], "constant": [1]}`` (lens indices, default
+    all): mean KL(output || lens) on the held-out positions. "constant" decodes the mean last-layer residual of
+    the fitting positions at every position: the floor any map reaches by ignoring its input.
+
+    This is a least-squares stand-in, not the tuned lens: the tuned lens of Belrose et al. 2023 writes each
+    translator as ``h + A h + b`` (starting at the identity, i.e. at the logit lens) and trains it by gradient
+    descent on this KL itself, over far more tokens. Least squares weighs every residual direction alike, also
+    those the final norm and unembedding ignore, and the ridge penalty pulls ``A`` towards zero (the constant).
     """
     n = model.cfg.n_layers
     names = [hooks.hook_name(0, "resid_pre")] + [hooks.hook_name(l, "resid_post") for l in range(n)]
@@ -200,6 +213,7 @@ def translator_kl(model, tokens: torch.Tensor, layers: Sequence[int] | None = No
     perm = torch.randperm(m, generator=g)
     tr, te = perm[: int(train_frac * m)], perm[int(train_frac * m):]
     out_logits = readout.lens_logits(model, H[-1, te])
+    const = readout.lens_logits(model, H[-1, tr].mean(0, keepdim=True)).expand_as(out_logits)
     lens_kl, tr_kl = [], []
     for layer in (range(n + 1) if layers is None else layers):
         X = torch.cat([H[layer, tr], torch.ones(len(tr), 1)], 1)
@@ -207,7 +221,8 @@ def translator_kl(model, tokens: torch.Tensor, layers: Sequence[int] | None = No
         pred = torch.cat([H[layer, te], torch.ones(len(te), 1)], 1) @ A
         lens_kl.append(readout.kl_div(out_logits, readout.lens_logits(model, H[layer, te])).mean())
         tr_kl.append(readout.kl_div(out_logits, readout.lens_logits(model, pred)).mean())
-    return {"logit lens": torch.stack(lens_kl), "translator": torch.stack(tr_kl)}
+    return {"logit lens": torch.stack(lens_kl), "translator": torch.stack(tr_kl),
+            "constant": readout.kl_div(out_logits, const).mean()[None]}
 
 
 # --------------------------------------------------------------------------------------
@@ -238,12 +253,16 @@ class AgreementSet:
 
 
 def agreement_set(model, seed: int = 0) -> AgreementSet:
-    """Every subject (singular and plural) in every template, each with an attractor noun of random number."""
+    """Every subject (singular and plural) in ``templates_per_subject`` of the templates (rotating, so every template
+    is used equally), each sentence with an attractor noun of random number."""
     d = data()
     rng = np.random.default_rng(seed)
+    n_t = len(d["templates"])
+    per = int(d.get("templates_per_subject", n_t))
     prompts, plural, attr, noun = [], [], [], []
     for i, pair in enumerate(d["subjects"]):
-        for t, template in enumerate(d["templates"]):
+        for t in [(i + k) % n_t for k in range(per)]:
+            template = d["templates"][t]
             a_pair = d["attractors"][(i + t) % len(d["attractors"])]
             for number in (0, 1):
                 a_num = int(rng.integers(2))
@@ -274,6 +293,31 @@ def split(n: int, test_frac: float = 0.3, seed: int = 0) -> tuple[torch.Tensor, 
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     k = int(round(n * test_frac))
     return perm[k:].sort().values, perm[:k].sort().values
+
+
+def noun_split(noun: torch.Tensor, test_frac: float = 1 / 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded split of the sentences by subject noun: (train, test) indices whose nouns are disjoint.
+
+    `noun` [n]: each sentence's noun id. A probe scored on test nouns it never saw cannot succeed by
+    remembering nouns; it has to read a number feature that carries over to new words.
+    """
+    types = torch.unique(noun)
+    if len(types) < 4:
+        raise ValueError(f"a split by noun needs at least 4 nouns, got {len(types)}")
+    perm = types[torch.randperm(len(types), generator=torch.Generator().manual_seed(seed))]
+    k = max(1, int(round(len(types) * test_frac)))
+    is_test = torch.isin(noun, perm[:k])
+    return torch.nonzero(~is_test).flatten(), torch.nonzero(is_test).flatten()
+
+
+def per_group_mean(correct: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Mean of `correct` [..., n] within each group (e.g. each test noun) -> [..., n_groups], groups in sorted order.
+
+    Bootstrapping these means resamples whole nouns: the right interval when sentences of one noun are not
+    independent of each other.
+    """
+    ids = torch.unique(group)
+    return torch.stack([correct[..., group == g].float().mean(-1) for g in ids], -1)
 
 
 def control_labels(word: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -378,11 +422,39 @@ def probe_sweep(acts: torch.Tensor, labels: dict[str, torch.Tensor], train: torc
     return ProbeSweep(layers, acc, correct, dirs)
 
 
-def plot_probe_sweep(sweep: ProbeSweep, title: str = ""):
-    """Held-out accuracy by layer: both probes on the task and on the control task, and their selectivity."""
+def sweep_table(sweeps: dict[str, ProbeSweep]) -> str:
+    """Held-out accuracy by layer, one row per (probe, labels, split): the sweeps side by side as text."""
+    first = next(iter(sweeps.values()))
+    lines = ["probe     labels     split     " + " ".join(f"{l:>4d}" for l in first.layers)]
+    keys = list(first.acc)
+    for probe, lab_name in keys:
+        for split_name, sw in sweeps.items():
+            if (probe, lab_name) in sw.acc:
+                lines.append(f"{probe[:8]:9s} {lab_name:10s} {split_name:9s} "
+                             + " ".join(f"{float(a):4.2f}" for a in sw.acc[(probe, lab_name)]))
+    return "\n".join(lines)
+
+
+def value_range(x: torch.Tensor) -> str:
+    """``"0.38-0.53"``, or ``"1.00"`` when every value rounds to the same two decimals."""
+    lo, hi = f"{float(x.min()):.2f}", f"{float(x.max()):.2f}"
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def plot_probe_sweep(sweep: ProbeSweep, title: str = "", other: ProbeSweep | None = None,
+                     other_name: str = "held-out sentences"):
+    """Held-out accuracy by layer: both probes on the task and on the control task, and their selectivity.
+
+    `other` (optional): a second sweep on another split, whose logistic task and control rows are drawn in grey.
+    """
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 3.6))
+    if other is not None:
+        for lab_name, ls in (("task", "-"), ("control", ":")):
+            if ("logistic", lab_name) in other.acc:
+                a.plot(other.layers, other.acc[("logistic", lab_name)].numpy(), ls=ls, color="grey", alpha=0.8,
+                       label=f"logistic, {lab_name} ({other_name})")
     styles = {"task": ("-", "."), "control": (":", "x"), "attractor": ("--", "+")}
     for (probe, lab_name), acc in sweep.acc.items():
         ls, marker = styles.get(lab_name, ("-.", "."))
@@ -415,40 +487,89 @@ def steer(resid: torch.Tensor, direction: torch.Tensor, coeff: float) -> torch.T
 
 
 @torch.no_grad()
+def steered_final_residuals(model, tokens: torch.Tensor, blocks: Sequence[int], vectors: torch.Tensor,
+                            max_rows: int = 192) -> torch.Tensor:
+    """The last layer's residual ``[1 + m, batch, pos, d_model]``: row 0 clean, row i + 1 with ``vectors[i]`` added
+    to the residual stream after block ``blocks[i]`` at every position.
+
+    One clean pass reads the residuals after the blocks; then `lab.patching.run_copies` runs the steered copies
+    in batches of at most `max_rows` rows (copies x prompts), each copy only from its own block on (the blocks
+    before it are the clean run's).
+    """
+    n = model.cfg.n_layers
+    blocks = [int(b) for b in blocks]
+    if len(blocks) != len(vectors):
+        raise ValueError(f"{len(blocks)} blocks for {len(vectors)} vectors: give one block per vector")
+    if any(not 0 <= b < n for b in blocks):
+        raise ValueError(f"blocks must be in [0, {n}), got {sorted(set(blocks))}")
+    final = hooks.hook_name(n - 1, "resid_post")
+    wanted = {hooks.hook_name(b, "resid_post") for b in blocks}
+    cache = model.run_with_cache(tokens, names_filter=lambda nm: nm in wanted)[1]  # drop the clean logits at once
+    copies = []
+    for b, v in zip(blocks, vectors):
+        clean = cache[hooks.hook_name(b, "resid_post")]
+        copies.append([patching.Patch(b, None, clean + v.to(clean.dtype), "resid_post")])
+    per = max(1, max_rows // tokens.shape[0])
+    rows = [patching.run_copies(model, tokens, copies[i:i + per], capture=[final])[1][final]
+            for i in range(0, max(1, len(copies)), per)]
+    return torch.cat([rows[0][:1]] + [r[1:] for r in rows], 0)
+
+
+def _metric_rows(model, final: torch.Tensor, last: torch.Tensor, metric) -> torch.Tensor:
+    """`metric` of the logits at each prompt's last position, for every row of ``final`` [rows, batch, pos, d]."""
+    b = torch.arange(final.shape[1])
+    return torch.stack([metric(readout.lens_logits(model, f[b, last])) for f in final])
+
+
+@torch.no_grad()
+def dose_responses(model, tokens: torch.Tensor, last: torch.Tensor, layer: int, directions: dict[str, torch.Tensor],
+                   coeffs: Sequence[float], metric) -> dict[str, torch.Tensor]:
+    """For each named direction, `metric(last_logits)` [batch] under ``resid_post[layer] += c * direction`` for each c:
+    ``{name: [len(coeffs), batch]}``, all in one batched run (coefficient 0 is the clean run)."""
+    names = list(directions)
+    jobs = [(nm, c) for nm in names for c in coeffs if c != 0]
+    vectors = torch.stack([float(c) * directions[nm] for nm, c in jobs]) if jobs else torch.zeros(0, model.cfg.d_model)
+    rows = _metric_rows(model, steered_final_residuals(model, tokens, [layer] * len(jobs), vectors), last, metric)
+    row_of = {job: i + 1 for i, job in enumerate(jobs)}  # row 0 is the clean run
+    return {nm: torch.stack([rows[row_of[(nm, c)] if c != 0 else 0] for c in coeffs]) for nm in names}
+
+
 def dose_response(model, tokens: torch.Tensor, last: torch.Tensor, layer: int, direction: torch.Tensor,
                   coeffs: Sequence[float], metric) -> torch.Tensor:
     """`metric(last_logits)` [batch] under ``resid_post[layer] += c * direction`` for each c: ``[len(coeffs), batch]``.
 
     `direction` is used as given (its length sets the scale: c = 1 adds it once), at every position.
     """
-    rows = []
-    for c in coeffs:
-        fwd = hooks.steering_hooks(layer, float(c) * direction) if c != 0 else []
-        rows.append(metric(last_logits(model, tokens, last, fwd)))
-    return torch.stack(rows)
+    return dose_responses(model, tokens, last, layer, {"v": direction}, coeffs, metric)["v"]
 
 
 @torch.no_grad()
 def steering_by_layer(model, tokens: torch.Tensor, last: torch.Tensor, directions: torch.Tensor,
                       blocks: Sequence[int], metric, coeff: float = 1.0) -> torch.Tensor:
     """Per-prompt change of `metric` when ``coeff * directions[i]`` is added after block ``blocks[i]``:
-    ``[len(blocks), batch]``."""
-    base = metric(last_logits(model, tokens, last))
-    return torch.stack([dose_response(model, tokens, last, b, directions[i], [coeff], metric)[0] - base
-                        for i, b in enumerate(blocks)])
+    ``[len(blocks), batch]`` (one batched run)."""
+    rows = _metric_rows(model, steered_final_residuals(model, tokens, blocks, coeff * directions), last, metric)
+    return rows[1:] - rows[0]
 
 
 @torch.no_grad()
+def side_effect_kls(model, tokens: torch.Tensor, layer: int, directions: dict[str, torch.Tensor],
+                    coeffs: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Mean KL(clean || steered) over every position after BOS of unrelated text `tokens`, per named direction and
+    coefficient: ``{name: [len(coeffs)]}`` (0 at coefficient 0), in one batched run."""
+    names = list(directions)
+    jobs = [(nm, c) for nm in names for c in coeffs if c != 0]
+    vectors = torch.stack([float(c) * directions[nm] for nm, c in jobs]) if jobs else torch.zeros(0, model.cfg.d_model)
+    final = steered_final_residuals(model, tokens, [layer] * len(jobs), vectors)[:, :, 1:]
+    clean = readout.lens_logits(model, final[0])
+    kl = {job: readout.kl_div(clean, readout.lens_logits(model, final[i + 1])).mean() for i, job in enumerate(jobs)}
+    return {nm: torch.stack([kl[(nm, c)] if c != 0 else torch.tensor(0.0) for c in coeffs]) for nm in names}
+
+
 def side_effect_kl(model, tokens: torch.Tensor, layer: int, direction: torch.Tensor,
                    coeffs: Sequence[float]) -> torch.Tensor:
     """Mean KL(clean || steered) over every position after BOS of unrelated text `tokens`, per coefficient: ``[len(coeffs)]``."""
-    clean = model(tokens)[:, 1:]
-    out = []
-    for c in coeffs:
-        with model.hooks(fwd_hooks=hooks.steering_hooks(layer, float(c) * direction)):
-            steered = model(tokens)[:, 1:]
-        out.append(readout.kl_div(clean, steered).mean())
-    return torch.stack(out)
+    return side_effect_kls(model, tokens, layer, {"v": direction}, coeffs)["v"]
 
 
 def control_tokens(model, rows: int = 4, length: int = 24) -> torch.Tensor:
@@ -538,8 +659,9 @@ class SteeringExplorer:
 __all__ = [
     "DATA_FILE", "data", "encode", "first_token", "rms_lens", "LensRun", "lens_run", "plot_lens_overview",
     "plot_lens_view", "translator_kl", "AgreementSet", "agreement_set", "agreement_logit_diff", "last_logits",
-    "split", "control_labels", "mean_difference_direction", "mean_difference_accuracy", "selectivity",
-    "logistic_probe", "probe_direction", "ProbeSweep", "probe_sweep", "plot_probe_sweep", "steer",
-    "dose_response", "steering_by_layer", "side_effect_kl", "control_tokens", "intervals", "plot_dose_response", "greedy",
-    "SteeringExplorer",
+    "split", "noun_split", "per_group_mean", "control_labels", "mean_difference_direction",
+    "mean_difference_accuracy", "selectivity", "logistic_probe", "probe_direction", "ProbeSweep", "probe_sweep",
+    "sweep_table", "value_range", "plot_probe_sweep", "steer", "steered_final_residuals", "dose_responses", "dose_response",
+    "steering_by_layer", "side_effect_kls", "side_effect_kl", "control_tokens", "intervals", "plot_dose_response",
+    "greedy", "SteeringExplorer",
 ]

@@ -39,10 +39,47 @@ def test_first_top_layer_requires_the_answer_to_stay_on_top():
 
 def test_the_agreement_set_is_balanced_and_its_attractor_is_independent_of_the_label(smollm2):
     ds = rep.agreement_set(smollm2)
-    assert len(ds) == 2 * len(rep.data()["subjects"]) * len(rep.data()["templates"])
+    assert len(ds) == 2 * len(rep.data()["subjects"]) * rep.data()["templates_per_subject"]
     assert float(ds.plural.float().mean()) == 0.5
     assert abs(float((ds.plural == ds.attractor_plural).float().mean()) - 0.5) < 0.1
     assert all(p.startswith("The ") for p in ds.prompts) and ds.are != ds.is_
+
+
+def test_every_template_is_used_equally_and_each_noun_in_both_numbers(smollm2):
+    ds = rep.agreement_set(smollm2)
+    d = rep.data()
+    per = d["templates_per_subject"]
+    assert (torch.bincount(ds.noun) == 2 * per).all()
+    assert all(int(ds.plural[ds.noun == k].sum()) == per for k in range(len(d["subjects"])))
+    stems = [t.split("{a}")[0].split("{s}")[1] for t in d["templates"]]  # " near the", " by the old", ...
+    uses = [sum(p.split(" ", 2)[2].startswith(st.strip() + " ") for p in ds.prompts) for st in stems]
+    assert len(set(uses)) == 1, f"templates used unequally: {uses}"
+
+
+def test_the_noun_split_holds_out_whole_nouns_and_is_seeded():
+    noun = torch.arange(12).repeat_interleave(6)
+    train, test = rep.noun_split(noun, 1 / 3, seed=0)
+    assert not set(noun[train].tolist()) & set(noun[test].tolist())
+    assert len(torch.unique(noun[test])) == 4 and len(train) + len(test) == len(noun)
+    assert torch.equal(rep.noun_split(noun, 1 / 3, seed=0)[1], test)
+    assert not torch.equal(rep.noun_split(noun, 1 / 3, seed=1)[1], test)
+    with pytest.raises(ValueError, match="at least 4 nouns"):
+        rep.noun_split(torch.tensor([0, 0, 1, 1]))
+
+
+def test_per_group_mean_averages_within_each_noun():
+    correct = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0, 0.0]])
+    group = torch.tensor([5, 5, 2, 2, 9, 9])
+    assert torch.allclose(rep.per_group_mean(correct, group), torch.tensor([[1.0, 0.5, 0.0]]))
+
+
+def test_sweep_table_prints_one_row_per_probe_labels_and_split():
+    x, y = _separable(n=60, d=4)
+    acts = torch.stack([torch.randn_like(x), x])
+    a = rep.probe_sweep(acts, {"task": y, "control": 1 - y}, *rep.split(60, 0.3, seed=0))
+    b = rep.probe_sweep(acts, {"task": y}, *rep.split(60, 0.3, seed=1))
+    lines = rep.sweep_table({"one": a, "two": b}).splitlines()
+    assert len(lines) == 1 + 4 + 2 and lines[0].split()[-2:] == ["0", "1"]
 
 
 def test_control_labels_are_one_random_label_per_word_type():
@@ -112,3 +149,35 @@ def test_coefficient_zero_is_the_clean_run_and_costs_no_kl(smollm2):
 def test_control_tokens_say_when_the_text_is_too_short(smollm2):
     with pytest.raises(ValueError, match="control text"):
         rep.control_tokens(smollm2, rows=50, length=100)
+
+
+def test_batched_steering_equals_a_steering_hook_run_one_at_a_time(smollm2):
+    ds = rep.agreement_set(smollm2)
+    tok, last = ds.tokens[:3], ds.last[:3]
+    metric = lambda lg: rep.agreement_logit_diff(lg, ds)  # noqa: E731
+    g = torch.Generator().manual_seed(1)
+    dirs = {"a": torch.randn(smollm2.cfg.d_model, generator=g) * 30, "b": torch.randn(smollm2.cfg.d_model, generator=g) * 30}
+    got = rep.dose_responses(smollm2, tok, last, 27, dirs, [-1.0, 0.0, 2.0], metric)
+    for k, v in dirs.items():
+        for row, c in zip(got[k], [-1.0, 0.0, 2.0]):
+            want = metric(rep.last_logits(smollm2, tok, last, hooks.steering_hooks(27, c * v) if c else []))
+            assert torch.allclose(row, want, atol=1e-3)
+    by_layer = rep.steering_by_layer(smollm2, tok, last, torch.stack([dirs["a"], dirs["b"]]), [3, 27], metric)
+    clean = metric(rep.last_logits(smollm2, tok, last))
+    want = metric(rep.last_logits(smollm2, tok, last, hooks.steering_hooks(3, dirs["a"]))) - clean
+    assert torch.allclose(by_layer[0], want, atol=1e-3)
+    with pytest.raises(ValueError, match="one block per vector"):
+        rep.steered_final_residuals(smollm2, tok, [3], torch.zeros(2, smollm2.cfg.d_model))
+
+
+def test_the_translator_reports_the_constant_floor_and_beats_the_lens_midway(smollm2):
+    ctrl = rep.control_tokens(smollm2, rows=2, length=16)
+    tk = rep.translator_kl(smollm2, ctrl, layers=[0, 15, smollm2.cfg.n_layers])
+    assert tk["constant"].shape == (1,) and float(tk["constant"]) > 0
+    assert float(tk["translator"][1]) < float(tk["logit lens"][1])
+    assert float(tk["logit lens"][-1]) < 1e-4
+
+
+def test_value_range_collapses_a_constant_row():
+    assert rep.value_range(torch.tensor([1.0, 0.999, 1.0])) == "1.00"
+    assert rep.value_range(torch.tensor([0.38, 0.53, 0.5])) == "0.38-0.53"

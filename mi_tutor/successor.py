@@ -71,8 +71,9 @@ class ToyTask:
     - an *"after" query* (probability `p_query`): 1-3 (word, item) pairs, where exactly one
       word is the marker "after", then "=" and the successor of the marked item
       ("w03 Sep after Tue w17 4 = Wed"). The marked item sits 2, 4 or 6 tokens before "=",
-      among other items, so a head at "=" can find it only if an earlier head has written
-      "I follow 'after'" into the item's position: Q/K-composition is needed;
+      among other items, so a head at "=" can find it only after an earlier head has moved
+      information between positions ("I follow 'after'" into the item, for its keys; or where
+      "after" was, into "=", for its queries): Q/K-composition is needed;
     - *distractor text* otherwise: 2-5 words, 30% of them random ordinal items, each followed
       by a comma with probability `p_comma`. So "x ," alone does not say that succ(x) comes
       next: the model must read the context, as a language model must.

@@ -3,9 +3,10 @@
 Ameisen & Batson (Circuits Updates, Sept 2024) found early heads with large ablation effects
 and low successor scores, and suggested Q/K-composition with the later successor heads. The
 toy of `successor.ToyTask` contains such a head by design: its "after" queries
-(``w03 Sep after Tue w17 4 =`` -> ``Wed``) can only be answered if a layer-0 head writes
-"I follow 'after'" into the marked item's position, so that a layer-1 successor head at "="
-can find the item through its keys (K-composition) and copy its successor (OV). This module:
+(``w03 Sep after Tue w17 4 =`` -> ``Wed``) can only be answered if a layer-0 head moves
+information between positions: "I follow 'after'" into the marked item (for a layer-1 head's
+keys: K-composition) or where "after" was into "=" (for its queries: Q-composition). A
+layer-1 successor head then finds the item and copies its successor (OV). This module:
 
 - `marker_prompts`: aligned probe prompts ``BOS (w y) (w y) (w y) =`` with the marker in one
   of the three slots, and a *twin* of each with the same items and the marker in another slot;

@@ -23,8 +23,9 @@ Then `disagreements` and `high_ablation_low_weight`; where a head's effect goes 
 statistics themselves are in `lab.scores`).
 
 The toy model (`ToyTask`, `train_toy`) is a 2-layer transformer trained on comma-separated
-ordinal lists mixed with distractor text. `interchange_flip_rates` locates where its
-succession lives by a decisive intervention that none of the four methods uses.
+ordinal lists, "after" queries that need Q/K-composition, and distractor text.
+`interchange_flip_rates` locates where its succession lives by a decisive intervention that
+none of the four methods uses; `successor_toy` finds the planted layer-0 head and its route.
 
 Head indices are never hard-coded: every head this module names comes from a computation.
 """

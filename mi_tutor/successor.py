@@ -23,8 +23,9 @@ Then `disagreements` and `high_ablation_low_weight`; where a head's effect goes 
 statistics themselves are in `lab.scores`).
 
 The toy model (`ToyTask`, `train_toy`) is a 2-layer transformer trained on comma-separated
-ordinal lists mixed with distractor text. `interchange_flip_rates` locates where its
-succession lives by a decisive intervention that none of the four methods uses.
+ordinal lists, "after" queries that need Q/K-composition, and distractor text.
+`interchange_flip_rates` locates where its succession lives by a decisive intervention that
+none of the four methods uses; `successor_toy` finds the planted layer-0 head and its route.
 
 Head indices are never hard-coded: every head this module names comes from a computation.
 """
@@ -60,20 +61,28 @@ TOY_CATEGORIES: dict[str, list[str]] = {
 
 @dataclass
 class ToyTask:
-    """A vocabulary of ordinal lists and distractor words, and a sampler of training text.
+    """A vocabulary of ordinal lists, "after" queries and distractor words, and a sampler of training text.
 
     Token 0 is BOS, token 1 is ",", then the ordinal items of `TOY_CATEGORIES`, then
-    `n_distractors` distractor words. A sequence is BOS followed by segments:
+    `n_distractors` distractor words, then the marker "after" and the query token "=". A
+    sequence is BOS followed by segments:
 
     - a *list* (probability `p_list`): 2-5 consecutive items of one category, each followed
       by a comma ("Tue , Wed , Thu ,");
-    - *distractor text*: 2-5 words, 30% of them random ordinal items, each followed by a
-      comma with probability `p_comma`. So "x ," alone does not say that succ(x) comes
+    - an *"after" query* (probability `p_query`): 1-3 (word, item) pairs, where exactly one
+      word is the marker "after", then "=" and the successor of the marked item
+      ("w03 Sep after Tue w17 4 = Wed"). The marked item sits 2, 4 or 6 tokens before "=",
+      among other items, so a head at "=" can find it only after an earlier head has moved
+      information between positions ("I follow 'after'" into the item, for its keys; or where
+      "after" was, into "=", for its queries): Q/K-composition is needed;
+    - *distractor text* otherwise: 2-5 words, 30% of them random ordinal items, each followed
+      by a comma with probability `p_comma`. So "x ," alone does not say that succ(x) comes
       next: the model must read the context, as a language model must.
     """
 
     n_distractors: int = 32
-    p_list: float = 0.5
+    p_list: float = 0.35
+    p_query: float = 0.3
     p_comma: float = 0.3
     n_ctx: int = 24
     vocab: list[str] = field(init=False)
@@ -81,7 +90,7 @@ class ToyTask:
 
     def __post_init__(self):
         items = [t for c in TOY_CATEGORIES.values() for t in c]
-        self.vocab = ["<bos>", ","] + items + [f"w{i:02d}" for i in range(self.n_distractors)]
+        self.vocab = ["<bos>", ","] + items + [f"w{i:02d}" for i in range(self.n_distractors)] + ["after", "="]
         cats, succ, labels = [], [], []
         for ci, c in enumerate(TOY_CATEGORIES.values()):
             for j, t in enumerate(c):
@@ -92,22 +101,53 @@ class ToyTask:
         self.otok = OrdinalTokens(ids, labels, labels, torch.tensor(cats), list(TOY_CATEGORIES), torch.tensor(succ))
 
     @property
+    def after(self) -> int:
+        """Token id of the marker "after"."""
+        return self.d_vocab - 2
+
+    @property
+    def query(self) -> int:
+        """Token id of the query token "="."""
+        return self.d_vocab - 1
+
+    @property
+    def distractors(self) -> list[int]:
+        """Token ids of the distractor words."""
+        start = 2 + len(self.otok)
+        return list(range(start, start + self.n_distractors))
+
+    @property
     def d_vocab(self) -> int:
         return len(self.vocab)
 
     def sample(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`n` sequences [n, n_ctx] and a mask [n, n_ctx] of list commas after >= 2 items
-        (where the next token is surely the successor of the token before the comma)."""
+        """`n` sequences [n, n_ctx] and a mask [n, n_ctx] of the positions where the next token is surely a
+        successor: list commas after >= 2 items, and the "=" of every "after" query."""
         rng = np.random.default_rng(seed)
         cat_ids = [self.otok.ids[self.otok.in_category(c)].tolist() for c in range(len(self.otok.category_names))]
         ord_ids = self.otok.ids.tolist()
-        dis_ids = list(range(2 + len(ord_ids), self.d_vocab))
+        succ = {int(self.otok.ids[i]): int(self.otok.ids[j]) for i, j in enumerate(self.otok.successor.tolist()) if j >= 0}
+        has_succ = list(succ)
+        dis_ids = self.distractors
         X = torch.zeros(n, self.n_ctx, dtype=torch.long)
         M = torch.zeros(n, self.n_ctx, dtype=torch.bool)
         for r in range(n):
             seq, mask = [0], [False]
             while len(seq) < self.n_ctx:
-                if rng.random() < self.p_list:
+                u = rng.random()
+                if u < self.p_query:
+                    k = int(rng.integers(1, 4))
+                    marked = int(rng.integers(k))
+                    for i in range(k):
+                        if i == marked:
+                            x = has_succ[rng.integers(len(has_succ))]
+                            seq += [self.after, x]
+                        else:
+                            seq += [dis_ids[rng.integers(len(dis_ids))], ord_ids[rng.integers(len(ord_ids))]]
+                        mask += [False, False]
+                    seq += [self.query, succ[x]]
+                    mask += [True, False]
+                elif u < self.p_query + self.p_list:
                     c = cat_ids[rng.integers(len(cat_ids))]
                     s = int(rng.integers(0, len(c) - 1))
                     k = min(int(rng.integers(2, 6)), len(c) - s)
@@ -147,16 +187,44 @@ def toy_successor_accuracy(model, X: torch.Tensor, M: torch.Tensor) -> float:
     return float((logits.argmax(-1)[mask] == tgt[mask]).float().mean())
 
 
+def head_group_norms(model, layer: int) -> torch.Tensor:
+    """||W_V||_F * ||W_O||_F of every head of `layer` ([n_heads], differentiable): the size of its OV circuit."""
+    W_V, W_O = model.W_V[layer], model.W_O[layer]
+    if W_V.shape[0] != W_O.shape[0]:
+        raise ValueError("head_group_norms needs one value head per query head (no grouped-query attention)")
+    return W_V.flatten(1).norm(dim=-1) * W_O.flatten(1).norm(dim=-1)
+
+
+def toy_accuracies(model, task: ToyTask, X: torch.Tensor, M: torch.Tensor) -> dict[str, float]:
+    """Top-1 accuracy at the masked positions of `X`, separately after list commas and at "after" queries' "="."""
+    with torch.no_grad():
+        pred = model(X)[:, :-1].argmax(-1)
+    tgt, mask = X[:, 1:], M[:, :-1]
+    query = mask & (X[:, :-1] == task.query)
+    out = {}
+    for name, m in (("lists", mask & ~query), ("after queries", query)):
+        out[name] = float((pred[m] == tgt[m]).float().mean()) if m.any() else float("nan")
+    return out
+
+
 def train_toy(task: ToyTask, steps: int = 400, batch: int = 64, lr: float = 3e-3, seed: int = 0,
-              n_train: int = 3000, eval_every: int = 50, progress: bool = True):
+              n_train: int = 3000, eval_every: int = 50, progress: bool = True, sparsity: float = 0.01,
+              sparse_layers: Sequence[int] = (0,)):
     """Train `toy_model(task)` on next-token prediction over the task's text.
+
+    `sparsity` weights a group-lasso penalty, sum over the heads of `sparse_layers` of
+    `head_group_norms`: each head pays for the size of its OV circuit, so a layer keeps only
+    the heads its job needs (with the default, one head of layer 0 does the marking that the
+    "after" queries require, and the others fade to nothing). 0 turns it off.
 
     Returns:
         (model, history, test set (X, M)); history records `train_loss`, `test_loss` and
-        `successor_acc` (accuracy at list commas of held-out text).
+        `successor_acc` (accuracy at list commas and queries of held-out text).
     """
     from .training import train
 
+    if sparsity < 0:
+        raise ValueError(f"sparsity is a penalty weight >= 0, got {sparsity}")
     torch.manual_seed(seed)
     model = toy_model(task, seed=seed)
     Xtr, _ = task.sample(n_train, seed=seed + 1)
@@ -172,8 +240,9 @@ def train_toy(task: ToyTask, steps: int = 400, batch: int = 64, lr: float = 3e-3
         model.train()
         x = Xtr[torch.randint(0, n_train, (batch,), generator=g)]
         loss = lm_loss(x)
+        total = loss + sparsity * sum(head_group_norms(model, l).sum() for l in sparse_layers) if sparsity else loss
         opt.zero_grad()
-        loss.backward()
+        total.backward()
         opt.step()
         return loss.detach().item()
 
@@ -573,7 +642,8 @@ def known_succession_heads(model, prompts: SuccessorPrompts, threshold: float = 
 
 
 __all__ = [
-    "METHODS", "TOY_CATEGORIES", "ToyTask", "toy_model", "train_toy", "toy_successor_accuracy",
+    "METHODS", "TOY_CATEGORIES", "ToyTask", "toy_model", "train_toy", "toy_successor_accuracy", "toy_accuracies",
+    "head_group_norms",
     "interchange_flip_rates", "flip_rates_of_sets", "successor_score",
     "successor_scores", "category_scores", "ica_matrix", "templates", "row_centre", "ICAResult", "run_ica",
     "mean_ablate_head", "ablation_effects", "attribution_estimate", "attribution_effects",

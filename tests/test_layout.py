@@ -19,7 +19,7 @@ LESSONS = {
     "01": {"grokking", "fourier", "fourier_circuit"},
     "02": {"induction", "induction_lm"},
     "03": {"ioi_circuit", "ioi_evidence"},
-    "04": {"successor", "successor_figures", "successor_sources"},
+    "04": {"successor", "successor_figures", "successor_sources", "successor_toy"},
     "05": {"ablation", "ablation_views", "ablation_evidence"},
     "06": {"gradients", "multitask", "attribution"},
     "07": {"superposition", "sae", "spd"},

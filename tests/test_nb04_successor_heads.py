@@ -72,9 +72,21 @@ def test_toy_task_mask_marks_real_successors(task):
     assert M.any()
     succ_tok = {int(task.otok.ids[i]): int(task.otok.ids[j]) for i, j in enumerate(task.otok.successor.tolist()) if j >= 0}
     b, p = torch.nonzero(M[:, :-1], as_tuple=True)
+    kinds = set()
     for bi, pi in zip(b.tolist(), p.tolist()):
-        assert X[bi, pi] == 1  # a comma
-        assert succ_tok[int(X[bi, pi - 1])] == int(X[bi, pi + 1])
+        row = X[bi].tolist()
+        if row[pi] == 1:  # a list comma: the item before it
+            item = row[pi - 1]
+            kinds.add("list")
+        else:  # an "after" query: the item right after the last marker before "="
+            assert row[pi] == task.query
+            marker = max(i for i in range(pi) if row[i] == task.after)
+            assert pi - marker in (2, 4, 6), "the marked item sits 2, 4 or 6 tokens before '='"
+            item = row[marker + 1]
+            kinds.add("query")
+        assert succ_tok[item] == row[pi + 1]
+    assert kinds == {"list", "query"}
+    assert task.vocab[task.after] == "after" and task.vocab[task.query] == "="
 
 
 # ---- method 1: weights ------------------------------------------------------------------------
@@ -174,14 +186,103 @@ def test_recovery():
 
 
 @pytest.mark.slow
-def test_trained_toy_localises_succession_and_methods_see_it(task):
-    model, hist, _ = S.train_toy(task, steps=400, progress=False, seed=0)
-    assert hist.last("successor_acc") > 0.95
-    pr = task.prompts()
-    truth, rates = S.minimal_flip_set(model, pr, threshold=0.8)
-    assert rates[-1] >= 0.8
-    assert all(l == model.cfg.n_layers - 1 for l, _ in truth), f"succession should live in the last layer: {truth}"
-    assert S.recovery(S.ablation_effects(model, pr), truth) >= 2 / 3
+def test_trained_toy_plants_a_router_that_weights_miss_and_ablation_finds(task):
+    from mi_tutor import successor_toy as T
+
+    model, hist, test = S.train_toy(task, steps=400, progress=False, seed=0)
+    assert min(S.toy_accuracies(model, task, *test).values()) > 0.95
+    norms = S.head_group_norms(model, 0)
+    assert int((norms > 0.1 * norms.max()).sum()) == 1, f"the penalty should leave one live layer-0 head: {norms}"
+    pr = T.marker_prompts(task, 48)
+    carriers, rates = S.minimal_flip_set(model, pr, threshold=0.8)
+    assert rates[-1] >= 0.8 and all(l == 1 for l, _ in carriers), carriers
+    routers, _ = T.minimal_routing_set(model, pr)
+    assert routers == [(0, int(norms.argmax()))], routers
+    m = S.four_methods(model, task.otok, pr, n_components=6)
+    r = {k: scores.ranks(v)[routers[0]] for k, v in m.scores.items()}
+    assert r["ablation"] == 1 and r["weights"] > len(carriers) + 1, r
+    routes = T.marker_routes(model, pr, routers[0])["answer moves to the twin's"]
+    assert routes["only later heads' keys"] >= 0.8 and routes["only later heads' queries"] < 0.2, routes
+
+
+# ---- successor_toy: marker prompts, routing truth, routes ------------------------------------
+
+from mi_tutor import successor_toy as T  # noqa: E402
+
+
+def test_marker_prompts_and_their_twins(task):
+    pr = T.marker_prompts(task, n=12, seed=1)
+    ot = task.otok
+    pos = {int(t): i for i, t in enumerate(ot.ids)}
+    assert pr.tokens.shape == pr.corrupt.shape == (12, 8)
+    assert (pr.tokens[:, -1] == task.query).all() and (pr.tokens[:, 0] == 0).all()
+    for row, twin, tgt, ttgt, mp in zip(pr.tokens, pr.corrupt, pr.target, pr.twin_target, pr.marked_pos):
+        assert int((row == task.after).sum()) == 1 and int((twin == task.after).sum()) == 1
+        assert torch.equal(row[2::2], twin[2::2]), "the twin keeps the items"
+        assert int(row[mp - 1]) == task.after and int(twin[mp - 1]) != task.after
+        assert int(ot.ids[ot.successor[pos[int(row[mp])]]]) == int(tgt) != int(ttgt)
+    assert sorted(pr.marked_pos.tolist()) == sorted([2, 4, 6] * 4), "every slot is marked equally often"
+    with pytest.raises(ValueError, match="at least 1"):
+        T.marker_prompts(task, n=0)
+
+
+def test_routing_flip_rates_patch_every_position_but_the_last(toy, task):
+    pr = T.marker_prompts(task, n=6)
+    sets = [[(0, 1)], [(0, 0), (1, 2)]]
+    got = T.routing_flip_rates(toy, pr, sets)
+    src, own = hooks.head_outputs(toy, pr.corrupt), hooks.head_outputs(toy, pr.tokens)
+    for hs, rate in zip(sets, got):
+        patches = [Patch(l, h, torch.cat([src[l][:, :-1], own[l][:, -1:]], 1)) for l, h in hs]
+        want = (run_patched(toy, pr.tokens, patches)[:, -1].argmax(-1) == pr.twin_target).float().mean()
+        assert rate == pytest.approx(float(want))
+    # at '=' the heads keep their own values: the last layer's heads then change nothing
+    assert T.routing_flip_rates(toy, pr, [[(1, h) for h in range(4)]])[0] == pytest.approx(
+        float((toy(pr.tokens)[:, -1].argmax(-1) == pr.twin_target).float().mean()))
+
+
+def test_ablation_break_rates_count_changed_answers(toy, task):
+    pr = T.marker_prompts(task, n=6)
+    got = T.ablation_break_rates(toy, pr)
+    mean = ablation_values(toy, pr.tokens, "mean", pr.tokens)
+    for head in [(0, 2), (1, 1)]:
+        lg = run_patched(toy, pr.tokens, [Patch(*head, mean[head[0]])])
+        assert float(got[head]) == pytest.approx(float((lg[:, -1].argmax(-1) != pr.target).float().mean()))
+
+
+def test_marker_routes_and_composition_table_shapes_and_bad_senders(toy, task):
+    pr = T.marker_prompts(task, n=6)
+    routes = T.marker_routes(toy, pr, (0, 1))
+    assert list(routes.index) == ["total (sender patched everywhere)", "only later heads' keys",
+                                  "only later heads' queries", "only later heads' values"]
+    assert ((routes.iloc[:, 0] >= 0) & (routes.iloc[:, 0] <= 1)).all()
+    comp, base = T.composition_table(toy, (0, 1))
+    assert comp.shape == (4, 3) and 0 < base < 1 and ((comp.values >= 0) & (comp.values <= 1)).all()
+    for fn in (T.marker_routes, T.composition_table):
+        args = (toy, pr, (1, 0)) if fn is T.marker_routes else (toy, (1, 0))
+        with pytest.raises(ValueError, match="last layer"):
+            fn(*args)
+
+
+def test_minimal_routing_set_is_empty_when_nothing_routes(toy, task):
+    pr = T.marker_prompts(task, n=6)
+    pr.twin_target = torch.full_like(pr.twin_target, -1)  # an answer no head can move the model to
+    heads, rates = T.minimal_routing_set(toy, pr)
+    assert heads == [] and rates and rates[-1] < 0.8
+
+
+def test_recovery_sentences_read_the_numbers():
+    lines = T.recovery_sentences({"weights": 0.75, "ablation": 1.0, "ICA": 0.5}, 0.5,
+                                 {"weights": [8], "ablation": [1], "ICA": [7]}, 4)
+    assert "weights, ablation" in lines[0] and "at or below it: ICA" in lines[0]
+    assert "top 4: ablation" in lines[1] and "missed by: weights, ICA" in lines[1]
+    assert lines[2] == "highest recovery 1.00: ablation"
+    tie = T.recovery_sentences({"a": 1.0, "b": 1.0}, 0.5, {"a": [], "b": []}, 2)
+    assert len(tie) == 2 and tie[-1].endswith("(a tie)")
+
+
+def test_train_toy_rejects_a_negative_penalty(task):
+    with pytest.raises(ValueError, match="sparsity"):
+        S.train_toy(task, steps=1, sparsity=-1.0, progress=False)
 
 
 # ---- successor_sources: recipes, nulls, sources of disagreement, routes ----------------------------

@@ -234,7 +234,8 @@ register(Exercise(
     rtol=1e-3, atol=1e-4,
     hints=[
         "Patching moves z from z_target to z_source: the first-order change is (z_source - z_target) . grad.",
-        "Sum the product over positions (dim 1) and d_head (dim 3), keep the head axis, then average over the batch (dim 0).",
+        "A head's estimate adds up its change over every position and every component of its output; the prompts "
+        "are averaged, not summed, and the head axis is what you return.",
     ],
     mistakes=[
         Mistake("you multiplied the gradient by the activation itself (gradient x activation) instead of by the "

@@ -42,7 +42,8 @@ class Pooled:
     the S logit); mlp, attn [T, layers] (per-template mean DLA of each layer's MLP / attention);
     rest [T]; attention: name -> [T, layers, heads] (per-template mean, see `ATTENTION`);
     patch [N, layers, heads] (exact noising: LD change when the head takes its ABC value);
-    approx [T, layers, heads] (attribution-patching estimate of the same, per-template mean).
+    approx [T, layers, heads] (attribution-patching estimate of the same, per-template mean);
+    dla_io_t, dla_s_t [T, layers, heads] (per-template dla_io / dla_s); dlas: each template's `readout.DLA`.
     """
 
     datasets: list[ioi.IOIDataset]
@@ -57,6 +58,9 @@ class Pooled:
     attention: dict[str, torch.Tensor]
     patch: torch.Tensor
     approx: torch.Tensor
+    dla_io_t: torch.Tensor | None = None
+    dla_s_t: torch.Tensor | None = None
+    dlas: list[readout.DLA] | None = None
 
     def mean(self, name: str) -> torch.Tensor:
         """Mean over prompts (equal-size templates: the mean of template means) of a per-head table."""
@@ -99,9 +103,10 @@ def pool(model, datasets: Sequence[ioi.IOIDataset], exact: bool = False, approx:
     `exact` adds all-heads activation patching per prompt and `approx` attribution patching
     per template (both NaN otherwise): the exact one costs ~270 forward passes per prompt's worth of rows.
     """
-    lds, tpl, dla, dio, ds_, mlp, attn, rest, att, pat, apx = ([] for _ in range(11))
+    lds, tpl, dla, dio, ds_, mlp, attn, rest, att, pat, apx, dlas = ([] for _ in range(12))
     for t, ds in enumerate(datasets):
         d = readout.direct_logit_attribution(model, ds.tokens, ds.io, ds.s)
+        dlas.append(d)
         with torch.no_grad():
             clean = ds.metric(model(ds.tokens)).float()
         lds.append(clean)
@@ -122,7 +127,8 @@ def pool(model, datasets: Sequence[ioi.IOIDataset], exact: bool = False, approx:
                   torch.stack(ds_).mean(0), torch.stack(mlp), torch.stack(attn), torch.tensor(rest),
                   {k: torch.stack([a[k] for a in att]) for k in ATTENTION},
                   torch.cat(pat) if exact else torch.full((len(torch.cat(lds)), n_l, n_h), float("nan")),
-                  torch.stack(apx) if approx else torch.full((len(datasets), n_l, n_h), float("nan")))
+                  torch.stack(apx) if approx else torch.full((len(datasets), n_l, n_h), float("nan")),
+                  torch.stack(dio), torch.stack(ds_), dlas)
 
 
 def head_intervals(per_prompt: torch.Tensor, heads: Sequence[Head], n: int = 1000, seed: int = 0) -> dict[Head, scores.Interval]:
@@ -278,3 +284,57 @@ def evidence_table(heads: Sequence[Head], dla, attn_io, attn_s2, copy, neg_copy,
 
 
 __all__ += ["evidence_table"]
+
+
+@torch.no_grad()
+def resid_cells(model, ds: ioi.IOIDataset, cells: Sequence[tuple[int, int]]) -> list[tuple[float, float]]:
+    """What a residual patch (ABC into IOI, `resid_pre` of `layer` at position `pos`) does to each logit.
+
+    Returns, per (layer, pos) cell, the mean change in the IO logit and in the S logit at the final
+    position (their difference is the cell's change in LD): does a cell move IO, or S?
+    """
+    from .lab.hooks import hook_name
+
+    names = {hook_name(l, "resid_pre") for l, _ in cells}
+    _, cache = model.run_with_cache(ds.abc_tokens, names_filter=lambda n: n in names)
+    copies = [[patching.Patch(l, None, cache[hook_name(l, "resid_pre")], site="resid_pre", pos=p)] for l, p in cells]
+    logits, _ = patching.run_copies(model, ds.tokens, copies)
+    b = torch.arange(len(ds))
+    last = logits[:, :, -1]  # [1 + cells, batch, vocab]
+    io, s = last[:, b, ds.io], last[:, b, ds.s]
+    return [(float((io[i] - io[0]).mean()), float((s[i] - s[0]).mean())) for i in range(1, len(cells) + 1)]
+
+
+@torch.no_grad()
+def token_swapped_ld(model, ds: ioi.IOIDataset, pos: int) -> float:
+    """Mean LD when the token at `pos` is replaced by the ABC prompt's token (an edited prompt, no patching)."""
+    tokens = ds.tokens.clone()
+    tokens[:, pos] = ds.abc_tokens[:, pos]
+    return float(ds.metric(model(tokens)).mean())
+
+
+__all__ += ["resid_cells", "token_swapped_ld"]
+
+
+def speed_against_tl(model, ds: ioi.IOIDataset, exact_change: torch.Tensor, clean_ld: float, engine_s: float,
+                     layer: int):
+    """Time TransformerLens's loop (one forward per head) on `layer`'s heads of the same prompts and compare.
+
+    `exact_change` is the engine's ``[layers, heads]`` table (mean change in LD) computed in
+    `engine_s` seconds on all heads of `ds`; returns a `reference.SpeedReport` (reusing the
+    engine's table instead of running it again).
+    """
+    import time
+
+    from .lab import fast_llama, reference
+
+    heads = [(layer, h) for h in range(model.cfg.n_heads)]
+    t0 = time.perf_counter()
+    tl = reference.tl_patch_heads(model, ds.tokens, ds.abc_tokens, ds.metric, heads)
+    tl_s = time.perf_counter() - t0
+    diff = max(abs(float(tl[i]) - (float(exact_change[h]) + clean_ld)) for i, h in enumerate(heads))
+    name = "fast Llama engine (fast_llama)" if fast_llama.supports(model) else "growing-batch engine (run_copies)"
+    return reference.SpeedReport(engine_s, tl_s, len(heads), model.cfg.n_layers * model.cfg.n_heads, diff, name)
+
+
+__all__ += ["speed_against_tl"]

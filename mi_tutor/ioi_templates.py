@@ -5,14 +5,16 @@ effects as means over many prompts and 15 templates. A circuit found on one temp
 numbers could rest on a few prompts or on one template, so this module reruns each step with
 the spread kept:
 
-- `path_patch_per_prompt`: path patching (the instruments' `patching.path_patch`, same two
-  steps) with the metric kept per prompt, for bootstrap intervals over prompts;
-- `validate_templates`: faithfulness, completeness (each class knocked out of the circuit and
-  of the model) and the name-mover knockout with its self-repair, on every template, with the
-  ABC mean of each template (the paper's mean ablation). The many ablation runs of one
-  template share one batched pass of the fast engine (`patching.copies_runner`);
-- `class_support`: for each head of the circuit, on how many templates it meets its class's
-  criterion (the same thresholds as `ioi_circuit.classify_heads`, in logits of the pooled LD).
+- `path_patch_per_prompt` / `path_jobs`: path patching (the instruments' `patching.path_patch`,
+  same two steps) with the metric kept per prompt, for bootstrap intervals over prompts;
+- `knockout_templates`: the name-mover knockout on every template, with every head's rise in
+  direct effect (self-repair), using each template's ABC mean (the paper's mean ablation);
+- `validate_templates`: faithfulness and completeness (each class knocked out of the circuit
+  and of the model) on every template; the ablation runs of one template share one batched
+  pass of the fast engine (`patching.copies_runner`);
+- `template_paths` and `class_support`: for each head of the circuit, on how many templates it
+  meets its class's criterion (the thresholds of `ioi_circuit.classify_heads`, in logits of
+  the pooled LD).
 
 Conventions: one `ioi.IOIDataset` per template (aligned prompts); heads are (layer, head);
 changes are "patched minus clean" logit differences.
@@ -25,7 +27,7 @@ from typing import Sequence
 import torch
 
 from . import ioi
-from .lab import patching, readout, scores
+from .lab import fast_llama, patching, readout, scores
 from .lab.hooks import Head, all_heads, head_label, head_outputs, hook_name
 
 # --------------------------------------------------------------------------------------
@@ -122,9 +124,31 @@ def fmt_senders(per_prompt: torch.Tensor, heads: Sequence[Head], seed: int = 0) 
 # --------------------------------------------------------------------------------------
 
 
-def abc_means(model, datasets: Sequence[ioi.IOIDataset]) -> list[dict[int, torch.Tensor]]:
-    """Each template's mean head outputs over its ABC prompts (the paper's mean ablation), one pass per template."""
-    return [patching.ablation_values(model, ds.tokens, "mean", reference_tokens=ds.abc_tokens) for ds in datasets]
+def abc_heads(model, datasets: Sequence[ioi.IOIDataset]) -> list[dict[int, torch.Tensor]]:
+    """Each template's head outputs on its ABC prompts, prompt by prompt (one pass per template)."""
+    return [head_outputs(model, ds.abc_tokens) for ds in datasets]
+
+
+def abc_means(model, datasets: Sequence[ioi.IOIDataset],
+              heads: Sequence[dict[int, torch.Tensor]] | None = None) -> list[dict[int, torch.Tensor]]:
+    """Each template's mean head outputs over its ABC prompts (the paper's mean ablation), shaped like hook_z.
+
+    The same values as ``patching.ablation_values(model, ds.tokens, "mean", reference_tokens=ds.abc_tokens)``;
+    pass `heads` (`abc_heads`) to reuse the ABC runs.
+    """
+    heads = abc_heads(model, datasets) if heads is None else heads
+    return [{l: z.mean(0, keepdim=True).expand(len(ds), *z.shape[1:]).clone() for l, z in h.items()}
+            for ds, h in zip(datasets, heads)]
+
+
+def _runner(model, tokens: torch.Tensor):
+    """(clean head outputs per layer, copies -> last-position logits [1 + n, batch, 1, vocab]) on the fastest backend."""
+    if fast_llama.supports(model):
+        r = fast_llama.LlamaRunner(model)
+        base = r.run(tokens)
+        return base["z"], lambda copies: r.replace_heads(tokens, copies, base)[:, :, None]
+    z = head_outputs(model, tokens)
+    return [z[l] for l in range(model.cfg.n_layers)], lambda copies: patching.run_copies(model, tokens, copies)[0]
 
 
 @dataclass
@@ -193,18 +217,24 @@ class TemplateValidation:
     """Per-prompt logit differences under the paper's knockouts (mean ablation over each template's ABC prompts).
 
     model [N]: clean; circuit [N]: every head outside the circuit ablated; empty [N]: every head
-    ablated; without[c] = (circuit without class c [N], model without class c [N]); template [N].
+    ablated; template [N]. Completeness runs on the first `n_complete` prompts of each template
+    (the rows where `complete_rows` [N] is True): without[c] = (circuit without class c, model
+    without class c), each ``[n_complete x T]``. prev[head] [N]: change in LD when the head takes
+    its ABC output at S1+1 only (the previous-token test, every template).
     """
 
     model: torch.Tensor
     circuit: torch.Tensor
     empty: torch.Tensor
-    without: dict[str, tuple[torch.Tensor, torch.Tensor]]
     template: torch.Tensor
+    without: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    complete_rows: torch.Tensor
+    prev: dict[Head, torch.Tensor]
 
-    def t_mean(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-template means of a per-prompt vector ``[N] -> [T]``."""
-        return torch.stack([x[self.template == t].mean() for t in range(int(self.template.max()) + 1)])
+    def t_mean(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-template means of a per-prompt vector ``[N] -> [T]`` (or of the rows `rows` selects)."""
+        tpl = self.template if rows is None else self.template[rows]
+        return torch.stack([x[tpl == t].mean() for t in range(int(self.template.max()) + 1)])
 
     @property
     def faithfulness_t(self) -> torch.Tensor:
@@ -229,38 +259,68 @@ class TemplateValidation:
         return float(r.quantile(0.025)), float(r.quantile(0.975))
 
     def gap(self, c: str | None = None) -> torch.Tensor:
-        """Per-template completeness gap ``[T]``: LD of the circuit minus the model, both without class `c` (None: nothing)."""
-        a, b = (self.circuit, self.model) if c is None else self.without[c]
-        return self.t_mean(a) - self.t_mean(b)
+        """Per-template completeness gap ``[T]`` on the completeness prompts: circuit minus model, both without
+        class `c` (None: with nothing knocked out)."""
+        rows = self.complete_rows
+        if c is None:
+            return self.t_mean(self.circuit[rows], rows) - self.t_mean(self.model[rows], rows)
+        a, b = self.without[c]
+        return self.t_mean(a, rows) - self.t_mean(b, rows)
+
+    @property
+    def n_complete(self) -> int:
+        return int(self.complete_rows.sum())
 
 
 def validate_templates(model, datasets: Sequence[ioi.IOIDataset], circuit: Sequence[Head], classes: dict[str, list[Head]],
-                       means: Sequence[dict[int, torch.Tensor]]) -> TemplateValidation:
-    """Faithfulness and completeness on every template (see `TemplateValidation`).
+                       means: Sequence[dict[int, torch.Tensor]], abc: Sequence[dict[int, torch.Tensor]] | None = None,
+                       prev_heads: Sequence[Head] = (), n_complete: int | None = None) -> TemplateValidation:
+    """Faithfulness, completeness and the previous-token test on every template (see `TemplateValidation`).
 
-    Each template runs all its ablated copies (circuit only, no head, and each class out of the
-    circuit and out of the model) in one batched pass of the fast engine; `means[t]` are its ABC
-    means (`abc_means`). The MLPs are never ablated, as in the paper.
+    Per template, one batched pass runs the circuit alone, no head, and each `prev_heads` head
+    patched at S1+1 with its ABC output (`abc`, from `abc_heads`) on every prompt; a second runs
+    each class out of the circuit and out of the model on the first `n_complete` prompts (all if
+    None). `means[t]` are the ABC means (`abc_means`). The MLPs are never ablated, as in the paper.
     """
     every = all_heads(model)
     inside = {tuple(h) for h in circuit}
     outside = [h for h in every if h not in inside]
     groups = {c: [tuple(h) for h in hs] for c, hs in classes.items() if hs}
-    model_ld, circ, empty, tpl = [], [], [], []
+    prev_heads = [tuple(h) for h in prev_heads]
+    if prev_heads and abc is None:
+        raise ioi.IOIError("the previous-token test needs the ABC head outputs: pass abc=abc_heads(model, datasets)")
+    model_ld, circ, empty, tpl, rows = [], [], [], [], []
     without = {c: ([], []) for c in groups}
+    prev = {h: [] for h in prev_heads}
     for t, (ds, m) in enumerate(zip(datasets, means)):
-        rep = lambda heads: patching.heads_replaced(heads, m)
-        copies = [rep(outside), rep(every)]
-        for hs in groups.values():
-            copies += [rep(outside + [h for h in hs if h not in outside]), rep(hs)]
-        ld = [ds.metric(lg).float() for lg in patching.copies_runner(model, ds.tokens)(copies)]
+        rep = lambda heads, n=len(ds): patching.heads_replaced(heads, {l: v[:n] for l, v in m.items()})
+        z, run = _runner(model, ds.tokens)
+        b, at = torch.arange(len(ds)), ds.pos["S1+1"]
+        prev_copies = []
+        for l, h in prev_heads:
+            v = z[l].clone()
+            v[b, at, h] = abc[t][l][b, at, h]
+            prev_copies.append([patching.Patch(l, h, v)])
+        ld = [ds.metric(lg).float() for lg in run([rep(outside), rep(every)] + prev_copies)]
         model_ld.append(ld[0]), circ.append(ld[1]), empty.append(ld[2])
-        for k, c in enumerate(groups):
-            without[c][0].append(ld[3 + 2 * k]), without[c][1].append(ld[4 + 2 * k])
+        for k, h in enumerate(prev_heads):
+            prev[h].append(ld[3 + k] - ld[0])
+        n = len(ds) if n_complete is None else min(n_complete, len(ds))
+        sub = ds if n == len(ds) else ds.subset(range(n))
+        copies = []
+        for hs in groups.values():
+            copies += [rep(outside + [h for h in hs if h not in outside], n), rep(hs, n)]
+        if copies:
+            _, run_sub = _runner(model, sub.tokens) if n < len(ds) else (z, run)
+            ld_c = [sub.metric(lg).float() for lg in run_sub(copies)]
+            for k, c in enumerate(groups):
+                without[c][0].append(ld_c[1 + 2 * k]), without[c][1].append(ld_c[2 + 2 * k])
         tpl.append(torch.full((len(ds),), t))
+        rows.append(torch.arange(len(ds)) < n)
     cat = torch.cat
-    return TemplateValidation(cat(model_ld), cat(circ), cat(empty), {c: (cat(a), cat(b)) for c, (a, b) in without.items()},
-                              cat(tpl))
+    return TemplateValidation(cat(model_ld), cat(circ), cat(empty), cat(tpl),
+                              {c: (cat(a), cat(b_)) for c, (a, b_) in without.items()}, cat(rows),
+                              {h: cat(v) for h, v in prev.items()})
 
 
 # --------------------------------------------------------------------------------------
@@ -340,6 +400,6 @@ def support_counts(support: dict[str, dict[Head, torch.Tensor]]) -> dict[Head, i
     return {h: int(ok.sum()) for heads in support.values() for h, ok in heads.items()}
 
 
-__all__ = ["path_jobs", "path_patch_per_prompt", "path_table_per_prompt", "fmt_senders", "abc_means", "TemplateKnockout",
+__all__ = ["path_jobs", "path_patch_per_prompt", "path_table_per_prompt", "fmt_senders", "abc_heads", "abc_means", "TemplateKnockout",
            "knockout_templates", "TemplateValidation", "validate_templates",
            "template_paths", "class_support", "support_table", "support_counts"]

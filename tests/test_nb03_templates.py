@@ -42,22 +42,37 @@ def test_validation_on_every_template_equals_direct_ablations(smollm2, two):
     n = smollm2.cfg.n_layers
     classes = {"a": [(n - 1, 0)], "b": [(n - 2, 1), (n - 1, 2)]}
     circuit = [(n - 1, 0), (n - 2, 1), (n - 1, 2), (n - 3, 4)]
-    means = T.abc_means(smollm2, two)
-    v = T.validate_templates(smollm2, two, circuit, classes, means)
+    abc = T.abc_heads(smollm2, two)
+    means = T.abc_means(smollm2, two, abc)
+    ref = patching.ablation_values(smollm2, two[1].tokens, "mean", reference_tokens=two[1].abc_tokens)
+    torch.testing.assert_close(means[1][5], ref[5])
+    prev = [(10, 3)]
+    v = T.validate_templates(smollm2, two, circuit, classes, means, abc=abc, prev_heads=prev, n_complete=2)
     every = hooks.all_heads(smollm2)
     outside = [h for h in every if h not in circuit]
+    assert v.n_complete == 4 and v.complete_rows.tolist() == [True, True, False, False] * 2
     for t, ds in enumerate(two):
-        run = lambda hs: ds.metric(patching.run_patched(smollm2, ds.tokens, patching.heads_replaced(hs, means[t]))).float()
+        run = lambda hs, d=ds, k=len(ds): d.metric(patching.run_patched(
+            smollm2, d.tokens, patching.heads_replaced(hs, {l: x[:k] for l, x in means[t].items()}))).float()
         rows = v.template == t
         torch.testing.assert_close(v.model[rows], ds.metric(smollm2(ds.tokens)).float(), atol=1e-3, rtol=0)
         torch.testing.assert_close(v.circuit[rows], run(outside), atol=1e-3, rtol=0)
         torch.testing.assert_close(v.empty[rows], run(every), atol=1e-3, rtol=0)
-        torch.testing.assert_close(v.without["b"][0][rows], run(outside + classes["b"]), atol=1e-3, rtol=0)
-        torch.testing.assert_close(v.without["b"][1][rows], run(classes["b"]), atol=1e-3, rtol=0)
+        sub = ds.subset([0, 1])
+        sub_run = lambda hs: sub.metric(patching.run_patched(
+            smollm2, sub.tokens, patching.heads_replaced(hs, {l: x[:2] for l, x in means[t].items()}))).float()
+        torch.testing.assert_close(v.without["b"][0][2 * t:2 * t + 2], sub_run(outside + classes["b"]), atol=1e-3, rtol=0)
+        torch.testing.assert_close(v.without["b"][1][2 * t:2 * t + 2], sub_run(classes["b"]), atol=1e-3, rtol=0)
+    # the previous-token test equals patching the head at S1+1 only (BABA and ABBA batched apart)
+    at = E.patch_at(smollm2, [two[0]], "S1+1", prev)[:, 10, 3]
+    order = [i for o in ("BABA", "ABBA") for i, x in enumerate(two[0].order) if x == o]
+    torch.testing.assert_close(v.prev[(10, 3)][:4], at[torch.tensor(order).argsort()], atol=1e-3, rtol=0)
     assert v.faithfulness == pytest.approx(float(v.circuit.mean() / v.model.mean()))
     lo, hi = v.faithfulness_interval()
     assert lo <= v.faithfulness <= hi and v.faithfulness_t.shape == (2,)
-    assert torch.allclose(v.gap(), v.t_mean(v.circuit) - v.t_mean(v.model))
+    assert v.gap().shape == (2,)
+    with pytest.raises(ioi.IOIError, match="abc_heads"):
+        T.validate_templates(smollm2, two, circuit, classes, means, prev_heads=prev)
 
 
 def test_knockout_on_every_template_matches_the_single_template_knockout(smollm2, two):
@@ -114,3 +129,19 @@ def test_residual_cells_split_the_change_into_io_and_s_and_layer0_is_a_token_swa
     assert d_io - d_s == pytest.approx(float(table[0, io_pos]) - clean, abs=1e-3)
     assert swapped - clean == pytest.approx(d_io - d_s, abs=1e-3)
     assert d_io < 0  # the IO name is gone from the prompt
+
+
+def test_pooled_projection_and_both_copy_scores_match_the_per_head_versions(smollm2, two):
+    heads = [(smollm2.cfg.n_layers - 1, 1), (20, 0)]
+    pooled = E.pool(smollm2, two)
+    proj = E.ov_projection(smollm2, two[1], heads)
+    rows = pooled.template == 1
+    for l, h in heads:
+        a, p = proj[(l, h)]
+        torch.testing.assert_close(pooled.attn_io_pp[rows, l, h], a, atol=1e-5, rtol=0)
+        torch.testing.assert_close(pooled.proj_pp[rows, l, h], p, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(pooled.ld[rows], two[1].metric(smollm2(two[1].tokens)).float(), atol=1e-4, rtol=0)
+    assert pooled.dla_io_t.shape == (2, smollm2.cfg.n_layers, smollm2.cfg.n_heads) and len(pooled.dlas) == 2
+    ids = E.name_ids(smollm2)[:15]
+    pos, neg = E.copy_scores_both(smollm2, ids, k=3)
+    assert torch.equal(pos, E.copy_scores(smollm2, ids, k=3)) and torch.equal(neg, E.copy_scores(smollm2, ids, k=3, negative=True))

@@ -107,7 +107,7 @@ def _attention(model, ds: ioi.IOIDataset) -> tuple[torch.Tensor, dict[str, torch
     pats = torch.stack([cache[hook_name(l, "pattern")] for l in range(L)])
     att = {k: readout.attention_to(pats, ds.pos[q], ds.pos[kk]) for k, (q, kk) in ATTENTION.items()}
     b = torch.arange(len(ds))
-    attn_io = pats[:, b, :, ds.pos["END"], ds.pos["IO"]].transpose(0, 1)  # [n, L, H]
+    attn_io = pats[:, b, :, ds.pos["END"], ds.pos["IO"]]  # advanced indices split by slices go first: [n, L, H]
     W_O, W_U = model.W_O.detach(), model.W_U.detach()
     u = W_U[:, ds.io].T  # [n, d_model]
     z_end = torch.stack([cache[hook_name(l, "z")][b, ds.pos["END"]] for l in range(L)], 1)  # [n, L, H, d_head]

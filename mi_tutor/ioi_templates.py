@@ -125,7 +125,11 @@ def fmt_senders(per_prompt: torch.Tensor, heads: Sequence[Head], seed: int = 0) 
 
 
 def abc_heads(model, datasets: Sequence[ioi.IOIDataset]) -> list[dict[int, torch.Tensor]]:
-    """Each template's head outputs on its ABC prompts, prompt by prompt (one pass per template)."""
+    """Each template's head outputs on its ABC prompts, prompt by prompt (one pass per template, on the fast
+    plain-torch forward when the model supports it)."""
+    if fast_llama.supports(model):
+        r = fast_llama.LlamaRunner(model)
+        return [dict(enumerate(r.run(ds.abc_tokens)["z"])) for ds in datasets]
     return [head_outputs(model, ds.abc_tokens) for ds in datasets]
 
 
@@ -141,10 +145,11 @@ def abc_means(model, datasets: Sequence[ioi.IOIDataset],
             for ds, h in zip(datasets, heads)]
 
 
-def _runner(model, tokens: torch.Tensor):
-    """(clean head outputs per layer, copies -> last-position logits [1 + n, batch, 1, vocab]) on the fastest backend."""
-    if fast_llama.supports(model):
-        r = fast_llama.LlamaRunner(model)
+def _runner(model, tokens: torch.Tensor, fast=None):
+    """(clean head outputs per layer, copies -> last-position logits [1 + n, batch, 1, vocab]) on the fastest backend
+    (`fast`: a `fast_llama.LlamaRunner` to reuse)."""
+    if fast is not None or fast_llama.supports(model):
+        r = fast if fast is not None else fast_llama.LlamaRunner(model)
         base = r.run(tokens)
         return base["z"], lambda copies: r.replace_heads(tokens, copies, base)[:, :, None]
     z = head_outputs(model, tokens)
@@ -292,9 +297,10 @@ def validate_templates(model, datasets: Sequence[ioi.IOIDataset], circuit: Seque
     model_ld, circ, empty, tpl, rows = [], [], [], [], []
     without = {c: ([], []) for c in groups}
     prev = {h: [] for h in prev_heads}
+    fast = fast_llama.LlamaRunner(model) if fast_llama.supports(model) else None
     for t, (ds, m) in enumerate(zip(datasets, means)):
         rep = lambda heads, n=len(ds): patching.heads_replaced(heads, {l: v[:n] for l, v in m.items()})
-        z, run = _runner(model, ds.tokens)
+        z, run = _runner(model, ds.tokens, fast)
         b, at = torch.arange(len(ds)), ds.pos["S1+1"]
         prev_copies = []
         for l, h in prev_heads:
@@ -311,7 +317,7 @@ def validate_templates(model, datasets: Sequence[ioi.IOIDataset], circuit: Seque
         for hs in groups.values():
             copies += [rep(outside + [h for h in hs if h not in outside], n), rep(hs, n)]
         if copies:
-            _, run_sub = _runner(model, sub.tokens) if n < len(ds) else (z, run)
+            _, run_sub = _runner(model, sub.tokens, fast) if n < len(ds) else (z, run)
             ld_c = [sub.metric(lg).float() for lg in run_sub(copies)]
             for k, c in enumerate(groups):
                 without[c][0].append(ld_c[1 + 2 * k]), without[c][1].append(ld_c[2 + 2 * k])

@@ -42,7 +42,10 @@ class Pooled:
     the S logit); mlp, attn [T, layers] (per-template mean DLA of each layer's MLP / attention);
     rest [T]; attention: name -> [T, layers, heads] (per-template mean, see `ATTENTION`);
     patch [N, layers, heads] (exact noising: LD change when the head takes its ABC value);
-    approx [T, layers, heads] (attribution-patching estimate of the same, per-template mean).
+    approx [T, layers, heads] (attribution-patching estimate of the same, per-template mean);
+    dla_io_t, dla_s_t [T, layers, heads] (per-template dla_io / dla_s); dlas: each template's `readout.DLA`;
+    attn_io_pp, proj_pp [N, layers, heads]: per prompt, attention END -> IO and the head's output at
+    END along W_U[IO] (no norm; `ov_projection` for chosen heads).
     """
 
     datasets: list[ioi.IOIDataset]
@@ -57,6 +60,11 @@ class Pooled:
     attention: dict[str, torch.Tensor]
     patch: torch.Tensor
     approx: torch.Tensor
+    dla_io_t: torch.Tensor | None = None
+    dla_s_t: torch.Tensor | None = None
+    dlas: list[readout.DLA] | None = None
+    attn_io_pp: torch.Tensor | None = None
+    proj_pp: torch.Tensor | None = None
 
     def mean(self, name: str) -> torch.Tensor:
         """Mean over prompts (equal-size templates: the mean of template means) of a per-head table."""
@@ -88,9 +96,23 @@ class Pooled:
 
 
 @torch.no_grad()
-def _attention(model, ds: ioi.IOIDataset) -> dict[str, torch.Tensor]:
-    pats = readout.attention_patterns(model, ds.tokens)
-    return {k: readout.attention_to(pats, ds.pos[q], ds.pos[kk]) for k, (q, kk) in ATTENTION.items()}
+def _attention(model, ds: ioi.IOIDataset) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One pass: per-prompt LD, mean attention at the named positions, and per prompt and head the
+    attention END -> IO and the head's output at END along W_U[IO] (the paper's Fig. 3 axes)."""
+    from .lab.hooks import hook_name
+
+    L = model.cfg.n_layers
+    names = {hook_name(l, site) for l in range(L) for site in ("pattern", "z")}
+    logits, cache = model.run_with_cache(ds.tokens, names_filter=lambda n: n in names)
+    pats = torch.stack([cache[hook_name(l, "pattern")] for l in range(L)])
+    att = {k: readout.attention_to(pats, ds.pos[q], ds.pos[kk]) for k, (q, kk) in ATTENTION.items()}
+    b = torch.arange(len(ds))
+    attn_io = pats[:, b, :, ds.pos["END"], ds.pos["IO"]]  # advanced indices split by slices go first: [n, L, H]
+    W_O, W_U = model.W_O.detach(), model.W_U.detach()
+    u = W_U[:, ds.io].T  # [n, d_model]
+    z_end = torch.stack([cache[hook_name(l, "z")][b, ds.pos["END"]] for l in range(L)], 1)  # [n, L, H, d_head]
+    proj = torch.einsum("nlhe,lhed,nd->nlh", z_end, W_O, u)
+    return ds.metric(logits).float(), att, attn_io.float(), proj.float()
 
 
 def pool(model, datasets: Sequence[ioi.IOIDataset], exact: bool = False, approx: bool = False) -> Pooled:
@@ -99,12 +121,13 @@ def pool(model, datasets: Sequence[ioi.IOIDataset], exact: bool = False, approx:
     `exact` adds all-heads activation patching per prompt and `approx` attribution patching
     per template (both NaN otherwise): the exact one costs ~270 forward passes per prompt's worth of rows.
     """
-    lds, tpl, dla, dio, ds_, mlp, attn, rest, att, pat, apx = ([] for _ in range(11))
+    lds, tpl, dla, dio, ds_, mlp, attn, rest, att, pat, apx, dlas, a_io, prj = ([] for _ in range(14))
     for t, ds in enumerate(datasets):
         d = readout.direct_logit_attribution(model, ds.tokens, ds.io, ds.s)
-        with torch.no_grad():
-            clean = ds.metric(model(ds.tokens)).float()
+        dlas.append(d)
+        clean, att_t, a_io_t, prj_t = _attention(model, ds)
         lds.append(clean)
+        a_io.append(a_io_t), prj.append(prj_t)
         tpl.append(torch.full((len(ds),), t))
         dla.append(d.per_prompt_heads)
         dio.append(d.heads_io)
@@ -112,7 +135,7 @@ def pool(model, datasets: Sequence[ioi.IOIDataset], exact: bool = False, approx:
         mlp.append(d.mlp)
         attn.append(d.attn)
         rest.append(d.rest)
-        att.append(_attention(model, ds))
+        att.append(att_t)
         if exact:
             pat.append(patching.patch_heads_per_prompt(model, ds.tokens, ds.abc_tokens, ds.metric) - clean[:, None, None])
         if approx:
@@ -122,7 +145,8 @@ def pool(model, datasets: Sequence[ioi.IOIDataset], exact: bool = False, approx:
                   torch.stack(ds_).mean(0), torch.stack(mlp), torch.stack(attn), torch.tensor(rest),
                   {k: torch.stack([a[k] for a in att]) for k in ATTENTION},
                   torch.cat(pat) if exact else torch.full((len(torch.cat(lds)), n_l, n_h), float("nan")),
-                  torch.stack(apx) if approx else torch.full((len(datasets), n_l, n_h), float("nan")))
+                  torch.stack(apx) if approx else torch.full((len(datasets), n_l, n_h), float("nan")),
+                  torch.stack(dio), torch.stack(ds_), dlas, torch.cat(a_io), torch.cat(prj))
 
 
 def head_intervals(per_prompt: torch.Tensor, heads: Sequence[Head], n: int = 1000, seed: int = 0) -> dict[Head, scores.Interval]:
@@ -197,6 +221,14 @@ def copy_scores(model, name_ids: torch.Tensor, k: int = 5, negative: bool = Fals
     return (top == own).any(-1).float().mean(-1)
 
 
+@torch.no_grad()
+def copy_scores_both(model, name_ids: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`copy_scores`, negative `copy_scores`) from one effective-OV computation."""
+    ov = readout.effective_ov(model, name_ids)
+    own = torch.arange(len(name_ids))[:, None]
+    return tuple((x.topk(k, dim=-1).indices == own).any(-1).float().mean(-1) for x in (ov, -ov))
+
+
 def name_ids(model) -> torch.Tensor:
     """Token ids of the module's names that are single tokens (with a leading space)."""
     return torch.tensor([model.to_single_token(" " + n) for n in ioi.single_token_words(model, ioi.NAMES)])
@@ -251,7 +283,7 @@ def knockout_classes(model, datasets: Sequence[ioi.IOIDataset], classes: dict[st
 
 
 __all__ = ["ATTENTION", "all_templates", "Pooled", "pool", "head_intervals", "fmt_intervals", "Agreement", "agreement",
-           "patch_at", "copy_scores", "name_ids", "ov_projection", "knockout_classes"]
+           "patch_at", "copy_scores", "copy_scores_both", "name_ids", "ov_projection", "knockout_classes"]
 
 
 def evidence_table(heads: Sequence[Head], dla, attn_io, attn_s2, copy, neg_copy, patch, pp_q, pp_v, prev, prev_patch,
@@ -278,3 +310,57 @@ def evidence_table(heads: Sequence[Head], dla, attn_io, attn_s2, copy, neg_copy,
 
 
 __all__ += ["evidence_table"]
+
+
+@torch.no_grad()
+def resid_cells(model, ds: ioi.IOIDataset, cells: Sequence[tuple[int, int]]) -> list[tuple[float, float]]:
+    """What a residual patch (ABC into IOI, `resid_pre` of `layer` at position `pos`) does to each logit.
+
+    Returns, per (layer, pos) cell, the mean change in the IO logit and in the S logit at the final
+    position (their difference is the cell's change in LD): does a cell move IO, or S?
+    """
+    from .lab.hooks import hook_name
+
+    names = {hook_name(l, "resid_pre") for l, _ in cells}
+    _, cache = model.run_with_cache(ds.abc_tokens, names_filter=lambda n: n in names)
+    copies = [[patching.Patch(l, None, cache[hook_name(l, "resid_pre")], site="resid_pre", pos=p)] for l, p in cells]
+    logits, _ = patching.run_copies(model, ds.tokens, copies)
+    b = torch.arange(len(ds))
+    last = logits[:, :, -1]  # [1 + cells, batch, vocab]
+    io, s = last[:, b, ds.io], last[:, b, ds.s]
+    return [(float((io[i] - io[0]).mean()), float((s[i] - s[0]).mean())) for i in range(1, len(cells) + 1)]
+
+
+@torch.no_grad()
+def token_swapped_ld(model, ds: ioi.IOIDataset, pos: int) -> float:
+    """Mean LD when the token at `pos` is replaced by the ABC prompt's token (an edited prompt, no patching)."""
+    tokens = ds.tokens.clone()
+    tokens[:, pos] = ds.abc_tokens[:, pos]
+    return float(ds.metric(model(tokens)).mean())
+
+
+__all__ += ["resid_cells", "token_swapped_ld"]
+
+
+def speed_against_tl(model, ds: ioi.IOIDataset, exact_change: torch.Tensor, clean_ld: float, engine_s: float,
+                     layer: int, n_timed: int = 3):
+    """Time TransformerLens's loop (one forward per head) on `n_timed` heads of `layer`, same prompts, and compare.
+
+    `exact_change` is the engine's ``[layers, heads]`` table (mean change in LD) computed in
+    `engine_s` seconds on all heads of `ds`; returns a `reference.SpeedReport` (reusing the
+    engine's table instead of running it again).
+    """
+    import time
+
+    from .lab import fast_llama, reference
+
+    heads = [(layer, h) for h in range(min(n_timed, model.cfg.n_heads))]
+    t0 = time.perf_counter()
+    tl = reference.tl_patch_heads(model, ds.tokens, ds.abc_tokens, ds.metric, heads)
+    tl_s = time.perf_counter() - t0
+    diff = max(abs(float(tl[i]) - (float(exact_change[h]) + clean_ld)) for i, h in enumerate(heads))
+    name = "fast Llama engine (fast_llama)" if fast_llama.supports(model) else "growing-batch engine (run_copies)"
+    return reference.SpeedReport(engine_s, tl_s, len(heads), model.cfg.n_layers * model.cfg.n_heads, diff, name)
+
+
+__all__ += ["speed_against_tl"]

@@ -18,7 +18,7 @@ LESSONS = {
     "00": {"blackbox", "blackbox_attribution", "history"},
     "01": {"grokking", "fourier", "fourier_circuit"},
     "02": {"induction", "induction_lm"},
-    "03": {"ioi_circuit", "ioi_evidence"},
+    "03": {"ioi_circuit", "ioi_evidence", "ioi_templates"},
     "04": {"successor", "successor_figures", "successor_sources", "successor_toy"},
     "05": {"ablation", "ablation_views", "ablation_evidence"},
     "06": {"gradients", "multitask", "attribution"},

@@ -241,6 +241,11 @@ def _load_smollm2() -> tuple[Any, str]:
             raise ModelUnavailableError(str(e)) from None
         except ModelUnavailableError:
             raise
+        except ImportError as e:  # the environment, not the cache: never delete a good cache for it
+            raise ModelUnavailableError(
+                f"SmolLM2 could not be loaded because an import failed ({e}). If a file in this folder is named like a "
+                f"Python module (e.g. profile.py, random.py, torch.py), rename it; otherwise reinstall with "
+                f"./run.sh setup.") from None
         except Exception as e:  # a corrupt cache the cheap checks missed: rebuild once
             if attempt == 2:
                 raise ModelUnavailableError(

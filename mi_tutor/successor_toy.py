@@ -215,7 +215,8 @@ def toy_head_table(scores: dict[str, torch.Tensor], carriers: Sequence[Head], ro
             row["ablation breaks"] = round(float(break_rate[l, h]), 2)
             rows.append(row)
     order = {"router": 0, "carrier": 1, "-": 2}
-    return pd.DataFrame(rows).sort_values(["role", "head"], key=lambda c: c.map(order) if c.name == "role" else c).set_index("head")
+    table = pd.DataFrame(rows).sort_values(["role", "head"], key=lambda c: c.map(order) if c.name == "role" else c)
+    return table.set_index("head")
 
 
 def recovery_sentences(recovery: dict[str, float], random: float, router_ranks: dict[str, list[int]], k: int) -> list[str]:

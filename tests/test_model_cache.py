@@ -191,3 +191,17 @@ def test_a_read_only_mi_tutor_cache_is_a_clear_error(monkeypatch):
 def test_an_unknown_model_name_is_one_clear_error(name):
     with pytest.raises(ValueError, match="Unknown model .* Supported: "):
         models.load_lm(name, verbose=False)
+
+
+def test_an_import_error_while_loading_keeps_the_cache_and_says_what_to_do(fake_loader, monkeypatch):
+    path = models.smollm2_cache_path()
+    _fake_cache(path)
+
+    def boot(path):
+        raise ImportError("cannot import name 'Profile' from 'profile' (/tmp/work/profile.py)")
+
+    monkeypatch.setattr(models, "_boot", boot)
+    with pytest.raises(models.ModelUnavailableError, match="named like a Python module") as err:
+        models._load_smollm2()
+    assert "\n" not in str(err.value) and "profile.py" in str(err.value)
+    assert C.cache_problem(path) is None and fake_loader["builds"] == 0  # the good cache is still there, not rebuilt

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .lab.hooks import Head, head_label, head_outputs, hook_name, logprob_metric, top_heads
-from .lab.patching import Patch, ablation_values, attribution_patch_heads, copies_runner, run_copies, run_patched
+from .lab.patching import (Patch, ablation_values, attribution_patch_heads, copies_runner, replace_heads, run_copies,
+                           run_patched)
 from .lab.readout import attention_patterns, attention_to, effective_ov, resid_after_layer0
 from .lab.scores import bootstrap, spearman, top_k_overlap
 from .ordinal import OrdinalTokens, SuccessorPrompts
@@ -127,22 +128,9 @@ def ica_null(eff_ov: torch.Tensor, otok: OrdinalTokens, n_components: int = 16, 
 
 @torch.no_grad()
 def _replace_per_prompt(model, tokens, values, metric, max_rows: int = 512) -> torch.Tensor:
-    """Metric per prompt with each head replaced by `values` in turn, ``[batch, n_layers, n_heads]``."""
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    B = tokens.shape[0]
-    run = copies_runner(model, tokens)
-    heads = [(l, h) for l in range(L) for h in range(H)]
-    out = torch.empty(B, L, H)
-    per = max(1, max_rows // B)
-    base = None
-    for i in range(0, len(heads), per):
-        chunk = heads[i:i + per]
-        logits = run([[Patch(l, h, values[l])] for l, h in chunk])  # [1 + n, B, 1, vocab]
-        m = torch.stack([metric(x).float() for x in logits])  # [1 + n, B]
-        base = m[0]
-        for (l, h), v in zip(chunk, m[1:]):
-            out[:, l, h] = v
-    return base[:, None, None] - out
+    """Drop in the metric per prompt with each head replaced by `values` in turn, ``[batch, n_layers, n_heads]``."""
+    base = metric(copies_runner(model, tokens)([])[0]).float()  # the unpatched run, on the same backend
+    return base[:, None, None] - replace_heads(model, tokens, values, metric, max_rows=max_rows, per_prompt=True)
 
 
 def per_prompt_effects(model, prompts: SuccessorPrompts) -> dict[str, torch.Tensor]:

@@ -25,9 +25,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .ablation import Sweep, Task, sweep, task_values
+from .ablation import Sweep, Task, task_values
 from .lab.hooks import Head, all_heads, head_outputs, hook_name, top_heads
-from .lab.patching import KINDS
+from .lab.patching import KINDS, Patch, copies_runner
+from .lab.readout import entropy, kl_div
 from .lab.scores import Interval, bootstrap, ranks, spearman
 
 
@@ -111,6 +112,7 @@ class TaskEvidence:
     _tasks: list = field(default_factory=list, repr=False)
     _values: list = field(default_factory=list, repr=False)
     _max_rows: int = 320
+    _runners: list = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
@@ -184,11 +186,14 @@ class TaskEvidence:
         rnd = [h for h in self.random_heads if not torch.isnan(ent[h])]
         return top_up, len(top), sum(float(ent[h]) > 0 for h in rnd), len(rnd)
 
-    def ensure_exact(self, model, heads: Sequence[Head]) -> list[Head]:
-        """Measure exactly (every kind, every prompt) any of `heads` not measured yet; returns the new ones."""
-        new = sorted({(int(l), int(h)) for l, h in heads} - set(self.measured_heads(self.kinds[0])))
+    def ensure_exact(self, model, heads: Sequence[Head], kinds: Sequence[str] | None = None) -> list[Head]:
+        """Measure exactly (on every prompt, under `kinds`, default all) any of `heads` not measured yet under
+        all of them; returns the new ones."""
+        kinds = tuple(kinds or self.kinds)
+        done = set.intersection(*[set(self.measured_heads(k)) for k in kinds])
+        new = sorted({(int(l), int(h)) for l, h in heads} - done)
         if new:
-            _measure(model, self._tasks, self._values, self, new, self._max_rows)
+            _measure(model, self._tasks, self._values, self, new, self._max_rows, kinds)
         return new
 
     def as_sweep(self, kind: str) -> Sweep:
@@ -204,7 +209,7 @@ def all_heads_of(shape: tuple[int, int]) -> list[Head]:
     return [(l, h) for l in range(shape[0]) for h in range(shape[1])]
 
 
-def task_evidence(model, name: str, tasks: Sequence[Task], kinds: Sequence[str] = KINDS, k_exact: int = 8,
+def task_evidence(model, name: str, tasks: Sequence[Task], kinds: Sequence[str] = KINDS, k_exact: int = 6,
                   k_far: int = 1, n_random: int = 10, seed: int = 0, rounds: int = 3, max_rows: int = 320) -> TaskEvidence:
     """Screen every head of `tasks` (sub-tasks of one task, e.g. one per IOI template) by attribution under
     each ablation and measure exactly, on every prompt, the heads listed in the module docstring.
@@ -244,19 +249,29 @@ def task_evidence(model, name: str, tasks: Sequence[Task], kinds: Sequence[str] 
     return ev
 
 
-def _measure(model, tasks: Sequence[Task], vals, ev: TaskEvidence, heads: list[Head], max_rows: int) -> None:
-    """Exact drops (per prompt), task KL and entropy change of `heads` under every kind, written into `ev`."""
+def _measure(model, tasks: Sequence[Task], vals, ev: TaskEvidence, heads: list[Head], max_rows: int,
+             kinds: Sequence[str] | None = None) -> None:
+    """Exact drops (per prompt), task KL and entropy change of `heads` under `kinds` (default all), written into
+    `ev`. One engine (and one clean run) per sub-task, shared by every kind and every call."""
     n = sum(len(t) for t in tasks)
-    for k in ev.kinds:
+    if len(ev._runners) != len(tasks):
+        ev._runners = [copies_runner(model, t.tokens) for t in tasks]
+    for k in (kinds or ev.kinds):
         start = 0
         kl_sum = torch.zeros(len(heads))
         ent_sum = torch.zeros(len(heads))
-        for t, v in zip(tasks, vals):
-            s = sweep(model, t.tokens, v[k], t.metric, heads, max_rows=max_rows)
-            for i, (l, h) in enumerate(heads):
-                ev.exact[k][start:start + len(t), l, h] = s.per_prompt[i]
-            kl_sum += s.kl * len(t)
-            ent_sum += s.entropy_change * len(t)
+        for t, v, run in zip(tasks, vals, ev._runners):
+            per = max(1, max_rows // len(t) - 1)
+            for i in range(0, len(heads), per):
+                chunk = heads[i:i + per]
+                logits = run([[Patch(l, h, v[k][l])] for l, h in chunk])
+                last = logits[:, :, -1]  # [1 + n, batch, vocab]
+                mp = torch.stack([t.metric(x).float() for x in logits])  # [1 + n, batch]
+                e = entropy(last).mean(-1)
+                for j, (l, h) in enumerate(chunk):
+                    ev.exact[k][start:start + len(t), l, h] = mp[0] - mp[1 + j]
+                kl_sum[i:i + len(chunk)] += kl_div(last[:1], last[1:]).mean(-1) * len(t)
+                ent_sum[i:i + len(chunk)] += (e[1:] - e[0]) * len(t)
             start += len(t)
         for i, h in enumerate(heads):
             ev.kl[k][h] = kl_sum[i] / n

@@ -403,15 +403,19 @@ def early_reading_evidence(evidence: dict, last_early_layer: int = 3, k: int = 1
         def share(kind):
             return ev.share(lambda tabs: sum(l <= last_early_layer for l, _ in top_heads(tabs[kind], k)))
         z, r = share("zero"), share("resample")
-        verdict = ("zero ablation favours early heads here" if z.low > r.high and z.value > k // 2 else
-                   "zero ablation puts more early heads in its top-10, but not reliably (the intervals overlap)"
-                   if z.value > r.value else "zero ablation does not favour early heads here")
+        if z.low > r.high:
+            verdict = (f"zero ablation reliably puts more early heads in its top-{k} than resample"
+                       + (" (most of its top heads are early)" if z.value > k / 2 else ""))
+        elif z.value > r.value:
+            verdict = f"zero ablation puts more early heads in its top-{k}, but not reliably (the intervals overlap)"
+        else:
+            verdict = "zero ablation does not favour early heads here"
         out.append(f"{t}: top-{k} in layers 0-{last_early_layer}: zero {z.value:.0f}/{k} [{z.low:.0f}, {z.high:.0f}], "
                    f"resample {r.value:.0f}/{k} [{r.low:.0f}, {r.high:.0f}] -> {verdict}")
     return out
 
 
-def entropy_reading(ev, kind: str, k: int = 8) -> str:
+def entropy_reading(ev, kind: str, k: int = 6) -> str:
     """Do the top-`k` heads raise the answer entropy when ablated more often than random heads do (the base rate)?"""
     up, n_top, up_r, n_r = ev.entropy_rises(kind, k)
     a, b = up / max(n_top, 1), up_r / max(n_r, 1)
@@ -557,7 +561,7 @@ class Findings:
             out.append(f"3. damage vs mechanism: {len(self.damage.rows)} (task, method, head) top-5 entries change "
                        "unrelated text at least as much as the task answer")
         if self.evidence is not None:
-            up, n_top, up_r, n_r = self.evidence["IOI"].entropy_rises("resample", 8)
+            up, n_top, up_r, n_r = self.evidence["IOI"].entropy_rises("resample", 6)
             base = ("more often than" if up / max(n_top, 1) - up_r / max(n_r, 1) >= 0.3 else "about as often as")
             out.append(f"4. entropy: resample-ablating a top-{n_top} IOI head raised the answer entropy for {up}/{n_top} "
                        f"heads, {base} random heads ({up_r}/{n_r}); a rise only says the model is less sure: the "

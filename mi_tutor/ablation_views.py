@@ -371,6 +371,7 @@ def screen_reading(evidence: dict, k: int = 10) -> list[str]:
             a = ev.agreement(kind, k=k)
             rho = a["spearman"]
             verdict = ("the screen orders these heads like the exact values" if rho.low > 0.8 else
+                       "the screen orders them closely, though the interval over prompts is wide" if rho.value > 0.8 else
                        "the screen is a rough guide only" if rho.value > 0.5 else
                        "the screen does not predict the exact values")
             out.append(f"{t:9s} {kind:9s}: screen vs exact over {a['n_measured']} heads: Spearman {rho.value:.2f} "
@@ -426,6 +427,14 @@ def entropy_reading(ev, kind: str, k: int = 6) -> str:
     return line + " -> about the base rate: counting entropy rises says nothing about mechanism"
 
 
+def linear_reading(rho) -> str:
+    """What the agreement of attribution patching with exact noising (an `Interval`) says about linearity."""
+    if rho.value > 0.8 and rho.low > 0.5:
+        return f"rank corr. {rho.value:.2f} [{rho.low:.2f}, {rho.high:.2f}] -> near-linear regime for these interventions"
+    return (f"rank corr. {rho.value:.2f} [{rho.low:.2f}, {rho.high:.2f}] -> the linear estimate misses much of the exact "
+            "effect (saturation or cancellation)")
+
+
 def cost_reading(evidence: dict, n_heads: int) -> list[str]:
     """What the exact part of the sweeps measured, against a full exact all-heads sweep of the same prompts."""
     out = []
@@ -475,12 +484,12 @@ class Findings:
     flips: dict | None = None       # task -> ablation_evidence.Flip
     frozen: list | None = None      # ablation_evidence.FrozenSplit per head
     evidence: dict | None = None    # task -> ablation_screen.TaskEvidence (the all-heads sweeps)
-    atp: float | None = None        # attribution vs exact noising, Spearman over the heads measured exactly
+    atp: object = None              # attribution vs exact noising: Spearman (an Interval) over the heads measured exactly
 
     def verdict_table(self):
         """Per method: what it assumes, what this run measured, what it missed, what it costs."""
         n, c, d, oc = self.n_heads, self.corr["IOI"], self.damage.damage, self.obs_corr
-        rc = lambda m: (f"rank corr. with exact resample {self.atp:.2f} (heads measured exactly)"  # noqa: E731
+        rc = lambda m: (f"rank corr. with exact resample {getattr(self.atp, 'value', self.atp):.2f} (heads measured exactly)"  # noqa: E731
                         if m == "attribution" and self.atp is not None else
                         f"rank corr. with resample {float(oc.loc[m, 'resample ablation']):.2f}")
         ev = (self.evidence or {}).get("IOI")
@@ -538,7 +547,8 @@ class Findings:
         d = self.damage.damage
         zmed, rmed = float(d["zero"].kl.median()), float(d["resample"].kl.median())
         sc = self.scrub
-        atp = self.atp if self.atp is not None else float(self.obs_corr.loc["attribution", "resample ablation"])
+        atp = (getattr(self.atp, "value", self.atp) if self.atp is not None
+               else float(self.obs_corr.loc["attribution", "resample ablation"]))
         out = [
             f"1. separability: the largest pair interaction is {self.max_interaction:+.2f} LD (non-additivity); "
             f"baseline dependence (a different question): zero vs resample rank correlation {zr:.2f}, mean vs "
@@ -547,8 +557,9 @@ class Findings:
             f"2. artificial states: median control KL zero {zmed:.3f} vs resample {rmed:.3f} nats -> "
             + ("zero ablation is the most damaging on average" if zmed > rmed else
                "NOT supported on average: zero ablation is not more damaging than resampling for the typical head")
-            + f"; attribution patching (linear) vs exact noising: rank corr. {atp:.2f} -> "
-            + ("near-linear regime for these interventions" if atp > 0.8 else "the interventions are not near-linear"),
+            + "; attribution patching (linear) vs exact noising: "
+            + (linear_reading(self.atp) if hasattr(self.atp, "low") else f"rank corr. {atp:.2f} -> "
+               + ("near-linear regime for these interventions" if atp > 0.8 else "the interventions are not near-linear")),
         ]
         if self.flips:
             parts = [f"{t} {f.summary()['moved'].value:.0%} (random heads {f.summary()['random moved']:.0%})"
@@ -582,4 +593,5 @@ __all__ = [
     "LabResult", "Lab", "plot_effect_maps", "plot_damage", "plot_self_repair", "plot_noise_denoise", "plot_lens_probe",
     "plot_lab", "plot_flip", "Findings", "early_reading", "baseline_reading", "pair_reading", "scrub_reading", "flip_reading",
     "top_line", "screen_reading", "kind_correlations", "early_reading_evidence", "entropy_reading", "cost_reading",
+    "linear_reading",
 ]

@@ -244,43 +244,69 @@ def early_reading(effects: dict[str, dict[str, torch.Tensor]], last_early_layer:
     return out
 
 
-def baseline_reading(effects: dict[str, torch.Tensor], task: str, mean_removes: str, resample_removes: str) -> str:
-    """The head whose rank differs most between mean and resample ablation, and why (what each baseline removes)."""
+def _rank_text(r) -> str:
+    """A rank, with its bootstrap interval when it has one."""
+    if hasattr(r, "low"):
+        return f"{r.value:.0f} [{r.low:.0f}, {r.high:.0f}]"
+    return f"{int(r)}"
+
+
+def baseline_reading(effects: dict[str, torch.Tensor], task: str, mean_removes: str, resample_removes: str,
+                     evidence=None) -> str:
+    """The head whose rank differs most between mean and resample ablation, and why (what each baseline removes).
+
+    With `evidence` (an `ablation_screen.TaskEvidence`) only heads measured exactly are considered, and
+    both ranks carry bootstrap intervals over prompts."""
     from .lab.scores import ranks
 
     rm, rr = ranks(effects["mean"]), ranks(effects["resample"])
     gap = (rm - rr).abs()
+    if evidence is not None:
+        gap = gap.masked_fill(~(evidence.measured("mean") & evidence.measured("resample")), -1)
     i = int(torch.argmax(gap))
     h = (i // gap.shape[1], i % gap.shape[1])
     n = gap.numel()
     head = head_label(h)
+    which = "head measured exactly" if evidence is not None else "head"
     if int(gap[h]) < n // 4:
-        return (f"{task}: mean and resample ablation rank every head within {int(gap[h])} places of each other "
+        return (f"{task}: mean and resample ablation rank every {which} within {int(gap[h])} places of each other "
                 f"(largest gap {head}): here the two baselines remove about the same information.")
-    return (f"{task}: {head} is rank {int(rm[h])} of {n} under mean ablation and {int(rr[h])} under resample. "
+    r_m = evidence.rank("mean", h) if evidence is not None else int(rm[h])
+    r_r = evidence.rank("resample", h) if evidence is not None else int(rr[h])
+    if evidence is not None and max(r_m.low, r_r.low) <= min(r_m.high, r_r.high):
+        return (f"{task}: the largest rank gap between mean and resample ablation is {head} (rank {_rank_text(r_m)} vs "
+                f"{_rank_text(r_r)} of {n}), but its intervals over prompts overlap: no reliable disagreement here.")
+    return (f"{task}: {head} is rank {_rank_text(r_m)} of {n} under mean ablation and {_rank_text(r_r)} under resample. "
             f"The mean baseline removes {mean_removes}; resample removes only {resample_removes}. "
             "The two 'on-distribution' ablations ask different questions, so they can disagree even in sign: "
             "name the information your baseline removes.")
 
 
-def pair_reading(pairs, single_rank: torch.Tensor, n: int, k: int = 3) -> list[str]:
+def pair_reading(pairs, single_rank, n: int, k: int = 3, tol: float = 0.05) -> list[str]:
     """The `k` pairs with the largest interaction, each labelled from its numbers: OR-like backup (both alone
     help, together much more) or a negative head (its own ablation RAISES the metric) whose effect
-    depends on what the other head writes (copy suppression, McDougall et al. 2023, arXiv 2310.04625)."""
+    depends on what the other head writes (copy suppression, McDougall et al. 2023, arXiv 2310.04625).
+    `single_rank`: a ``[L, H]`` table of ranks or a function head -> rank (an int or an `Interval`);
+    single drops within `tol` of zero count as neither helping nor negative."""
+    rank_of = single_rank if callable(single_rank) else (lambda h: int(single_rank[h]))
     out = []
     for a, b, inter in pairs.strongest(k):
         ia, ib = pairs.heads.index(a), pairs.heads.index(b)
         sa, sb, sab = float(pairs.single[ia]), float(pairs.single[ib]), float(pairs.pair[ia, ib])
-        neg = [head_label(h) for h, v in ((a, sa), (b, sb)) if v < 0]
-        if neg:
-            label = (f"not a backup: ablating {', '.join(neg)} alone RAISES the logit difference (a negative head); "
-                     "its suppression depends on what the other head writes")
-        elif sa > 0 and sb > 0 and inter > 0:
+        neg = [head_label(h) for h, v in ((a, sa), (b, sb)) if v < -tol]
+        if len(neg) == 2:
+            label = ("not a backup of helpers: ablating either head alone RAISES the logit difference (two negative "
+                     "heads); together they raise it less than the sum, so their suppression overlaps")
+        elif neg:
+            other = head_label(b) if neg[0] == head_label(a) else head_label(a)
+            label = (f"not a backup: ablating {neg[0]} alone RAISES the logit difference ({neg[0]} is a negative head); "
+                     f"its suppression depends on what {other} writes")
+        elif sa > tol and sb > tol and inter > 0:
             label = "OR-like: each alone helps, together they matter more than the sum"
         else:
             label = "interaction without a clear backup pattern"
         out.append(f"{head_label(a)} + {head_label(b)}: alone {sa:+.2f} and {sb:+.2f}, together {sab:+.2f} "
-                   f"(interaction {inter:+.2f}); single-ablation ranks {int(single_rank[a])} and {int(single_rank[b])} "
+                   f"(interaction {inter:+.2f}); single-ablation ranks {_rank_text(rank_of(a))} and {_rank_text(rank_of(b))} "
                    f"of {n} -> {label}")
     return out
 
@@ -324,6 +350,103 @@ def flip_reading(task: str, flip, what_b: str) -> str:
     return line
 
 
+def top_line(ev, kind: str, k: int = 5) -> str:
+    """The top-`k` heads of one ablation: mean drop over prompts and the rank's 95% interval over prompts."""
+    from .lab.hooks import top_heads
+
+    tab = ev.table(kind)
+    parts = []
+    for h in top_heads(tab, k):
+        r = ev.rank(kind, h)
+        parts.append(f"{head_label(h)} {float(tab[h]):+.2f} (rank {_rank_text(r)})")
+    return f"  {kind:9s} " + ", ".join(parts)
+
+
+def screen_reading(evidence: dict, k: int = 10) -> list[str]:
+    """Per task and ablation: how well the attribution screen agrees with the exact drops on the heads measured
+    exactly (Spearman with its interval over prompts, top-`k` overlap, the largest miss)."""
+    out = []
+    for t, ev in evidence.items():
+        for kind in ev.kinds:
+            a = ev.agreement(kind, k=k)
+            rho = a["spearman"]
+            verdict = ("the screen orders these heads like the exact values" if rho.low > 0.8 else
+                       "the screen orders them closely, though the interval over prompts is wide" if rho.value > 0.8 else
+                       "the screen is a rough guide only" if rho.value > 0.5 else
+                       "the screen does not predict the exact values")
+            out.append(f"{t:9s} {kind:9s}: screen vs exact over {a['n_measured']} heads: Spearman {rho.value:.2f} "
+                       f"[{rho.low:.2f}, {rho.high:.2f}], top-{a['k']} overlap {a['overlap']}/{a['k']}; largest miss "
+                       f"{head_label(a['worst'])} (exact {a['worst_exact']:+.2f}, estimate {a['worst_screen']:+.2f}) "
+                       f"-> {verdict}")
+    return out
+
+
+def kind_correlations(ev, k: int = 10):
+    """(DataFrame of Spearman correlations between ablations over the heads measured exactly, lines with their
+    intervals over prompts and the top-`k` overlap)."""
+    import pandas as pd
+
+    kinds = list(ev.kinds)
+    iv = {(a, b): ev.spearman(a, b) for a in kinds for b in kinds if a < b}
+    get = lambda a, b: 1.0 if a == b else iv[(a, b) if a < b else (b, a)].value  # noqa: E731
+    df = pd.DataFrame([[get(a, b) for b in kinds] for a in kinds], index=kinds, columns=kinds)
+    n = int((ev.measured(kinds[0])).sum())
+    lines = [f"  {a} vs {b}: Spearman {r.value:.2f} [{r.low:.2f}, {r.high:.2f}] over {n} exactly measured heads; "
+             f"top-{k} overlap {ev.top_overlap(a, b, k)}/{k}" for (a, b), r in iv.items()]
+    return df, lines
+
+
+def early_reading_evidence(evidence: dict, last_early_layer: int = 3, k: int = 10) -> list[str]:
+    """`early_reading` with the shares' bootstrap intervals over prompts."""
+    from .lab.hooks import top_heads
+
+    out = []
+    for t, ev in evidence.items():
+        def share(kind, ev=ev):
+            return ev.share(lambda tabs: sum(l <= last_early_layer for l, _ in top_heads(tabs[kind], k)))
+        z, r = share("zero"), share("resample")
+        if z.low > r.high:
+            verdict = (f"zero ablation reliably puts more early heads in its top-{k} than resample"
+                       + (" (most of its top heads are early)" if z.value > k / 2 else ""))
+        elif z.value > r.value:
+            verdict = f"zero ablation puts more early heads in its top-{k}, but not reliably (the intervals overlap)"
+        else:
+            verdict = "zero ablation does not favour early heads here"
+        out.append(f"{t}: top-{k} in layers 0-{last_early_layer}: zero {z.value:.0f}/{k} [{z.low:.0f}, {z.high:.0f}], "
+                   f"resample {r.value:.0f}/{k} [{r.low:.0f}, {r.high:.0f}] -> {verdict}")
+    return out
+
+
+def entropy_reading(ev, kind: str, k: int = 6) -> str:
+    """Do the top-`k` heads raise the answer entropy when ablated more often than random heads do (the base rate)?"""
+    up, n_top, up_r, n_r = ev.entropy_rises(kind, k)
+    a, b = up / max(n_top, 1), up_r / max(n_r, 1)
+    line = (f"{ev.name:9s} {kind:9s}: top-{n_top} heads raising the answer entropy: {up}/{n_top}; random heads "
+            f"(base rate): {up_r}/{n_r}")
+    if a - b >= 0.3:
+        return line + " -> top heads raise it more often than random heads, but a rise only says the model is less sure"
+    return line + " -> about the base rate: counting entropy rises says nothing about mechanism"
+
+
+def linear_reading(rho) -> str:
+    """What the agreement of attribution patching with exact noising (an `Interval`) says about linearity."""
+    if rho.value > 0.8 and rho.low > 0.5:
+        return f"rank corr. {rho.value:.2f} [{rho.low:.2f}, {rho.high:.2f}] -> near-linear regime for these interventions"
+    return (f"rank corr. {rho.value:.2f} [{rho.low:.2f}, {rho.high:.2f}] -> the linear estimate misses much of the exact "
+            "effect (saturation or cancellation)")
+
+
+def cost_reading(evidence: dict, n_heads: int) -> list[str]:
+    """What the exact part of the sweeps measured, against a full exact all-heads sweep of the same prompts."""
+    out = []
+    for t, ev in evidence.items():
+        m = int(ev.measured(ev.kinds[0]).sum())
+        out.append(f"{t}: {len(ev)} prompts; every head screened ({n_heads} x {len(ev.kinds)} estimates per prompt from one "
+                   f"backward pass per batch); {m} heads x {len(ev.kinds)} ablations measured exactly = "
+                   f"{m / n_heads:.0%} of the patched runs of a full exact sweep")
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # The verdict
 # --------------------------------------------------------------------------------------
@@ -361,26 +484,33 @@ class Findings:
     obs_prompts: int = 24           # prompts of the observational methods
     flips: dict | None = None       # task -> ablation_evidence.Flip
     frozen: list | None = None      # ablation_evidence.FrozenSplit per head
+    evidence: dict | None = None    # task -> ablation_screen.TaskEvidence (the all-heads sweeps)
+    atp: object = None              # attribution vs exact noising: Spearman (an Interval) over the heads measured exactly
 
     def verdict_table(self):
         """Per method: what it assumes, what this run measured, what it missed, what it costs."""
         n, c, d, oc = self.n_heads, self.corr["IOI"], self.damage.damage, self.obs_corr
-        rc = lambda m: f"rank corr. with resample {float(oc.loc[m, 'resample ablation']):.2f}"  # noqa: E731
+        rc = lambda m: (f"rank corr. with exact resample {getattr(self.atp, 'value', self.atp):.2f} (heads measured exactly)"  # noqa: E731
+                        if m == "attribution" and self.atp is not None else
+                        f"rank corr. with resample {float(oc.loc[m, 'resample ablation']):.2f}")
+        ev = (self.evidence or {}).get("IOI")
+        passes = (f"screen: 1 forward + 1 backward per batch; exact: {int(ev.measured(ev.kinds[0]).sum())} of {n} heads"
+                  if ev is not None else f"{n + 1} per task")
         med = lambda k: float(d[k].kl.median())  # noqa: E731
         sc = self.scrub
         return _verdict_frame([
             {"method": "zero ablation", "assumes": "a missing head = output 0",
              "measured here": f"rank corr. with resample {float(c.loc['zero', 'resample']):.2f}; "
                               f"median control KL {med('zero'):.3f}",
-             "missed": "confuses damage with mechanism (early heads)", "forward passes": f"{n + 1} per task"},
+             "missed": "confuses damage with mechanism (early heads)", "forward passes": passes},
             {"method": "mean ablation", "assumes": "the average output carries no task information",
              "measured here": f"rank corr. with resample {float(c.loc['mean', 'resample']):.2f}; "
                               f"median control KL {med('mean'):.3f}",
-             "missed": f"OR-like pairs (max interaction {self.max_interaction:+.2f})", "forward passes": f"{n + 1} per task"},
+             "missed": f"OR-like pairs (max interaction {self.max_interaction:+.2f})", "forward passes": passes},
             {"method": "resample ablation = noising", "assumes": "the counterfactual differs only in the task variable",
              "measured here": f"top head {head_label(self.resample_top)}; self-repair up to "
                               f"{self.best_repair.compensation:+.2f} LD ({head_label(self.best_repair.heads[0])})",
-             "missed": "sufficiency; compensation hides direct effects", "forward passes": f"{n + 1} per task"},
+             "missed": "sufficiency; compensation hides direct effects", "forward passes": passes},
             {"method": "denoising", "assumes": "restoring one component can restore behaviour",
              "measured here": f"largest necessity-sufficiency gap {self.necessity_gap:.2f}",
              "missed": "necessary heads that need their inputs", "forward passes": f"{self.n_shortlist + 1} (shortlist)"},
@@ -418,19 +548,23 @@ class Findings:
         d = self.damage.damage
         zmed, rmed = float(d["zero"].kl.median()), float(d["resample"].kl.median())
         sc = self.scrub
-        atp = float(self.obs_corr.loc["attribution", "resample ablation"])
+        atp = (getattr(self.atp, "value", self.atp) if self.atp is not None
+               else float(self.obs_corr.loc["attribution", "resample ablation"]))
         out = [
             f"1. separability: the largest pair interaction is {self.max_interaction:+.2f} LD (non-additivity); "
             f"baseline dependence (a different question): zero vs resample rank correlation {zr:.2f}, mean vs "
-            f"resample {mr:.2f}",
+            f"resample {mr:.2f} (lower of the two tasks"
+            + (f", over {len(next(iter(self.evidence.values())))}+ prompts per task" if self.evidence else "") + ")",
             f"2. artificial states: median control KL zero {zmed:.3f} vs resample {rmed:.3f} nats -> "
             + ("zero ablation is the most damaging on average" if zmed > rmed else
                "NOT supported on average: zero ablation is not more damaging than resampling for the typical head")
-            + f"; attribution patching (linear) vs exact noising: rank corr. {atp:.2f} -> "
-            + ("near-linear regime for these interventions" if atp > 0.8 else "the interventions are not near-linear"),
+            + "; attribution patching (linear) vs exact noising: "
+            + (linear_reading(self.atp) if hasattr(self.atp, "low") else f"rank corr. {atp:.2f} -> "
+               + ("near-linear regime for these interventions" if atp > 0.8 else "the interventions are not near-linear")),
         ]
         if self.flips:
-            parts = [f"{t} {f.summary()['moved'].value:.0%} (random heads {f.summary()['random moved']:.0%})"
+            parts = [f"{t} {f.summary()['moved'].value:.0%} (random heads {f.summary()['random moved']:.0%}"
+                     + ("; partial: the lower bound is below 80%" if f.summary()["moved"].low < 0.8 else "") + ")"
                      for t, f in self.flips.items()]
             strong = all(f.summary()["moved"].low > f.summary()["random moved max"] for f in self.flips.values())
             out.append("3. damage vs mechanism: interchange moves the output towards B's answer: " + ", ".join(parts)
@@ -439,9 +573,16 @@ class Findings:
         else:
             out.append(f"3. damage vs mechanism: {len(self.damage.rows)} (task, method, head) top-5 entries change "
                        "unrelated text at least as much as the task answer")
-        out.append(f"4. entropy: ablating a top-10 IOI head raised the answer entropy for "
-                   f"{top_entropy_rises(self.sweeps['IOI']['resample'])}/10 heads (resample), with no base rate; "
-                   "the interchange flip and the control KL, not the entropy, separate damage from mechanism")
+        if self.evidence is not None:
+            up, n_top, up_r, n_r = self.evidence["IOI"].entropy_rises("resample", 6)
+            base = ("more often than" if up / max(n_top, 1) - up_r / max(n_r, 1) >= 0.3 else "about as often as")
+            out.append(f"4. entropy: resample-ablating a top-{n_top} IOI head raised the answer entropy for {up}/{n_top} "
+                       f"heads, {base} random heads ({up_r}/{n_r}); a rise only says the model is less sure: the "
+                       "interchange flip and the control KL, not the entropy, separate damage from mechanism")
+        else:
+            out.append(f"4. entropy: ablating a top-10 IOI head raised the answer entropy for "
+                       f"{top_entropy_rises(self.sweeps['IOI']['resample'])}/10 heads (resample), with no base rate; "
+                       "the interchange flip and the control KL, not the entropy, separate damage from mechanism")
         if self.frozen:
             best = max(self.frozen, key=lambda f: f.compensation)
             out.append(f"5. self-repair: {head_label(best.heads[0])} compensation {best.compensation:+.2f} of direct "
@@ -453,4 +594,6 @@ class Findings:
 __all__ = [
     "LabResult", "Lab", "plot_effect_maps", "plot_damage", "plot_self_repair", "plot_noise_denoise", "plot_lens_probe",
     "plot_lab", "plot_flip", "Findings", "early_reading", "baseline_reading", "pair_reading", "scrub_reading", "flip_reading",
+    "top_line", "screen_reading", "kind_correlations", "early_reading_evidence", "entropy_reading", "cost_reading",
+    "linear_reading",
 ]

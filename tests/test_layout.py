@@ -20,7 +20,7 @@ LESSONS = {
     "02": {"induction", "induction_lm"},
     "03": {"ioi_circuit", "ioi_evidence", "ioi_templates"},
     "04": {"successor", "successor_figures", "successor_sources", "successor_toy"},
-    "05": {"ablation", "ablation_views", "ablation_evidence"},
+    "05": {"ablation", "ablation_views", "ablation_evidence", "ablation_screen"},
     "06": {"gradients", "multitask", "attribution"},
     "07": {"superposition", "sae", "spd"},
     "08": {"representations"},

@@ -127,7 +127,7 @@ def ica_null(eff_ov: torch.Tensor, otok: OrdinalTokens, n_components: int = 16, 
 
 
 @torch.no_grad()
-def _replace_per_prompt(model, tokens, values, metric, max_rows: int = 512) -> torch.Tensor:
+def _replace_per_prompt(model, tokens, values, metric, max_rows: int = 128) -> torch.Tensor:
     """Drop in the metric per prompt with each head replaced by `values` in turn, ``[batch, n_layers, n_heads]``."""
     base = metric(copies_runner(model, tokens)([])[0]).float()  # the unpatched run, on the same backend
     return base[:, None, None] - replace_heads(model, tokens, values, metric, max_rows=max_rows, per_prompt=True)

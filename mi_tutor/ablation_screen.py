@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from .ablation import Sweep, Task, task_values
-from .lab.hooks import Head, all_heads, head_outputs, hook_name, top_heads
-from .lab.patching import KINDS, Patch, copies_runner
+from .lab.hooks import Head, all_heads, head_outputs, top_heads
+from .lab.patching import KINDS, Patch, copies_runner, head_output_grads
 from .lab.readout import entropy, kl_div
 from .lab.scores import Interval, bootstrap, ranks, spearman
 
@@ -43,33 +43,15 @@ def attribution_drops(model, task: Task, values: dict[str, dict[int, torch.Tenso
     if not values:
         raise ValueError("give at least one kind of replacement values")
     n_layers = model.cfg.n_layers
-    store: dict[int, torch.Tensor] = {}
-
-    def keep(layer):
-        def hook(z, hook):
-            z.retain_grad()
-            store[layer] = z
-            return z
-        return hook
-
-    def seed_graph(x, hook):  # the parameters may be frozen: start the autograd graph at the embedding
-        return x if x.requires_grad else x.detach().requires_grad_(True)
-
-    fwd = [("hook_embed", seed_graph)] + [(hook_name(l, "z"), keep(l)) for l in range(n_layers)]
-    with torch.enable_grad():
-        logits = model.run_with_hooks(task.tokens, fwd_hooks=fwd)
-        m = task.metric(logits).float()
-        m.sum().backward()  # prompts do not interact: d m_b / d z_b
+    z, grad, m = head_output_grads(model, task.tokens, task.metric)
     out, far = {}, {}
     for kind, vals in values.items():
         est, dist = [], []
         for l in range(n_layers):
-            z = store[l].detach()
-            est.append(-((vals[l] - z) * store[l].grad).sum((1, 3)))
-            dist.append((vals[l] - z).norm(dim=-1).mean((0, 1)) / z.norm(dim=-1).mean((0, 1)).clamp_min(1e-9))
+            est.append(-((vals[l] - z[l]) * grad[l]).sum((1, 3)))
+            dist.append((vals[l] - z[l]).norm(dim=-1).mean((0, 1)) / z[l].norm(dim=-1).mean((0, 1)).clamp_min(1e-9))
         out[kind], far[kind] = torch.stack(est, 1).detach(), torch.stack(dist)
-    model.zero_grad(set_to_none=True)
-    return out, m.detach(), far
+    return out, m, far
 
 
 def task_values_shared(model, task: Task, kinds: Sequence[str]) -> dict[str, dict[int, torch.Tensor]]:

@@ -328,3 +328,14 @@ def test_activations_equal_a_full_cache_and_skip_what_nobody_reads(gpt2_arch, gp
     assert sum(len(hp._forward_hooks) for hp in m.hook_dict.values()) == 0  # no hook left behind
     with pytest.raises(ValueError, match="hook_name"):
         activations(m, toks, ["blocks.0.attn.hook_zz"])
+
+
+def test_head_output_grads_are_each_prompts_own_and_match_the_forward(gpt2_arch, gpt2_ds):
+    ds = gpt2_ds
+    z, grad, m = P.head_output_grads(gpt2_arch, ds.tokens, ds.metric)
+    assert torch.allclose(m, ds.metric(gpt2_arch(ds.tokens)).float(), atol=1e-5)
+    assert all(torch.equal(z[l], v) for l, v in head_outputs(gpt2_arch, ds.tokens).items())
+    first = ds.subset([0])
+    _, g0, _ = P.head_output_grads(gpt2_arch, first.tokens, first.metric)
+    assert all(torch.allclose(grad[l][:1], g0[l], atol=1e-6) for l in g0)  # prompts do not interact
+    assert all(p.grad is None for p in gpt2_arch.parameters())  # nothing left on the weights

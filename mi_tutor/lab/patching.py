@@ -623,6 +623,36 @@ def path_patch_table(model, target_tokens, source_tokens, metric, receivers: Seq
 # --------------------------------------------------------------------------------------
 
 
+def head_output_grads(model, tokens: torch.Tensor, metric: Metric
+                      ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor]:
+    """One forward and one backward pass: each layer's hook_z ``[batch, pos, head, d_head]``, its gradient
+    ``d metric_b / d z_b`` (prompts do not interact) and the metric per prompt ``[batch]``.
+
+    The shared first step of every attribution (linear) estimate of a head replacement.
+    """
+    store: dict[int, torch.Tensor] = {}
+
+    def keep(layer):
+        def hook(z, hook):
+            z.retain_grad()
+            store[layer] = z
+            return z
+        return hook
+
+    def seed_graph(x, hook):  # parameters may be frozen: start the autograd graph here
+        return x if x.requires_grad else x.detach().requires_grad_(True)
+
+    hooks = [("hook_embed", seed_graph)] + [(hook_name(l, "z"), keep(l)) for l in range(model.cfg.n_layers)]
+    with torch.enable_grad():
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        m = metric(logits).float()
+        m.sum().backward()
+    if any(store[l].grad is None for l in store):
+        raise RuntimeError("no gradient reached the head outputs: does the model have a 'hook_embed' hook?")
+    model.zero_grad(set_to_none=True)
+    return {l: z.detach() for l, z in store.items()}, {l: z.grad for l, z in store.items()}, m.detach()
+
+
 def attribution_patch_heads(
     model,
     target_tokens: torch.Tensor,
@@ -645,36 +675,18 @@ def attribution_patch_heads(
     V.same_shape(target_tokens, source_tokens)
     V.tokens(model, source_tokens, "source_tokens")
     source = head_outputs(model, source_tokens)
-    store: dict[int, torch.Tensor] = {}
-
-    def keep(layer):
-        def hook(z, hook):
-            z.retain_grad()
-            store[layer] = z
-            return z
-        return hook
-
-    def seed_graph(x, hook):  # parameters may be frozen: start the autograd graph here
-        return x if x.requires_grad else x.detach().requires_grad_(True)
-
-    hooks = [("hook_embed", seed_graph)] + [(hook_name(l, "z"), keep(l)) for l in range(model.cfg.n_layers)]
-    with torch.enable_grad():
-        logits = model.run_with_hooks(target_tokens, fwd_hooks=hooks)
-        metric(logits).float().sum().backward()  # d m_b / d z_b for each prompt b
-    if any(store[l].grad is None for l in store):
-        raise RuntimeError("no gradient reached the head outputs: does the model have a 'hook_embed' hook?")
+    z, grad, _ = head_output_grads(model, target_tokens, metric)
     est = []
     for l in range(model.cfg.n_layers):
-        z = store[l]
-        contrib = ((source[l] - z.detach()) * z.grad).sum(-1)  # [batch, pos, head]: prompts do not interact
+        contrib = ((source[l] - z[l]) * grad[l]).sum(-1)  # [batch, pos, head]: prompts do not interact
         est.append(contrib.sum(1) if per_prompt else contrib.mean(0).T if per_position else contrib.mean(0).sum(0))
-    model.zero_grad(set_to_none=True)
     return torch.stack(est, 1 if per_prompt else 0).detach()
 
 
 __all__ = [
     "Kind", "KINDS", "STREAM_SITES", "Patch", "apply_patch", "patch_hooks", "heads_replaced", "run_patched", "run_copies",
     "copy_scores", "copies_runner", "replace_heads", "patch_heads", "patch_heads_per_prompt", "patch_heads_by_position",
-    "patch_residual", "ablation_values", "ablate_heads", "path_patch", "path_patch_table", "attribution_patch_heads",
+    "patch_residual", "ablation_values", "ablate_heads", "path_patch", "path_patch_table", "head_output_grads",
+    "attribution_patch_heads",
 ]
 

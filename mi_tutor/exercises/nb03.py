@@ -196,7 +196,8 @@ register(Exercise(
            "takes z_source[L]'s value, at position pos only if pos is given.",
            "run([(hook_name(L, 'z'), hook)]) runs the clean prompts with that hook; run() without hooks gives the clean "
            "metric. Each entry is patched minus clean.",
-           "out = torch.zeros(len(layers), n_heads) (float32); fill out[i, h] for layers[i]."],
+           "The answer is a float32 tensor of shape [len(layers), n_heads]: row i belongs to layers[i], column h to "
+           "head h. Start it at zero and fill one entry per patched run."],
     mistakes=[
         Mistake("you returned the patched metric, not its CHANGE: subtract the clean metric run()",
                 _loop_mistake(_right, subtract=False)),

@@ -70,6 +70,20 @@ def test_benchmark_table_says_which_budgets_are_met():
     assert "| 1 | 60.0 | 6.0 | - | 0.50 | 10.0x | - | 120x |" in bench.to_markdown(results)
 
 
+def test_benchmark_reports_whether_thread_count_changes_the_patching_results():
+    from mi_tutor import bench
+
+    runs = {"1": {"fast_values": [0.5, -1.0, 2.0]}, "2": {"fast_values": [0.5, -1.00003, 2.0]}, "4": {"error": "boom"}}
+    agree = bench.thread_agreement(runs)["thread_agreement"]
+    assert list(agree) == ["2"] and agree["2"]["heads_differing"] == 1 and abs(agree["2"]["max_abs_diff"] - 3e-5) < 1e-9
+    md = bench.to_markdown({"machine": "x", "loadavg_start": "0", "date": "d", "notebooks": {},
+                            "patching": {"thread_agreement": agree}})
+    assert "differs from one thread in 1 of 3 head effects, by at most 3.0e-05" in md and "run on one thread" in md
+    same = bench.thread_agreement({"1": {"fast_values": [1.0]}, "2": {"fast_values": [1.0]}})["thread_agreement"]
+    assert same["2"]["heads_differing"] == 0
+    assert bench.thread_agreement({"2": {"fast_values": [1.0]}}) == {}
+
+
 def _demo_checkout(tmp_path, monkeypatch):
     (tmp_path / "notebooks").mkdir()
     nb = nbformat.v4.new_notebook()

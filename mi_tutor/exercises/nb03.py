@@ -33,8 +33,10 @@ def _ld_cases(rng):
 register(Exercise(
     name="logit_difference", notebook=NB, reference=logit_difference, cases=_ld_cases,
     hints=["Read the logits at the LAST position: that is where the model predicts the next word.",
-           "Index one row per prompt: logits[torch.arange(batch), -1, io] gives [batch].",
-           "Return correct minus wrong: IO minus S, one number per prompt."],
+           "Each prompt has its own IO and S token. Pick, for every row of the batch, that row's own two logits: "
+           "index the batch axis and the vocabulary axis together, one index per row.",
+           "Return correct minus wrong, IO minus S: one number per prompt. Sanity check: the shape is [batch], "
+           "and it is positive where the model prefers the right name."],
     mistakes=[
         Mistake("you computed S - IO: the sign is flipped (IO is the correct answer)",
                 lambda lg, io, s: -logit_difference(lg, io, s)),
@@ -90,9 +92,10 @@ def _patch_every_head(z, zs, h, pos=None):
 
 register(Exercise(
     name="patch_head", notebook=NB, reference=patch_head, returns_copy=True, cases=_patch_cases,
-    hints=["hook_z has shape [batch, pos, head, d_head]: the head is axis 2, the position axis 1.",
-           "Clone first (out = z.clone()): the hook's input belongs to the run, and the task asks for a new tensor.",
-           "pos=None patches every position (out[:, :, head]); an integer pos only that one (out[:, pos, head])."],
+    hints=["hook_z has shape [batch, pos, head, d_head]: find which axis holds the heads and which the positions.",
+           "The hook's input belongs to the run, and the task asks for a new tensor: copy it before you write into it.",
+           "pos=None means every position; an integer pos means that position only. Sanity check: every other head, "
+           "and with pos given every other position, must equal the target."],
     mistakes=[
         Mistake("you indexed axis 1 (positions) instead of axis 2 (heads)", _patch_axis1),
         Mistake("you patched every position although `pos` names one: with pos given, replace out[:, pos, head] only",

@@ -331,7 +331,7 @@ def evaluate(model_or_state: Any, tokens: torch.Tensor, labels: torch.Tensor, tr
     """Train/test loss and accuracy from one (chunked) forward over all pairs.
 
     Only the logits are kept (the chunks of `forward_all`, without its 26 MB of activations):
-    this runs at every evaluation of a training run, where it set the run's peak memory.
+    this runs at every evaluation of a training run, where those activations raised its peak memory.
     """
     with torch.no_grad():
         logits = torch.cat([fast_logits(model_or_state, tokens[i:i + 4096]) for i in range(0, len(tokens), 4096)])

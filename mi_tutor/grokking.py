@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +123,50 @@ def n_heads_of(model_or_state: Any, n_heads: int | None = None) -> int:
     return int(cfg.n_heads) if cfg is not None else 4
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the block on one torch thread (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _ThreadInvariantLinear(torch.autograd.Function):
+    """``x @ w.T`` whose weight gradient ``g.T @ x`` is reduced on one thread.
+
+    That product sums over the batch. On two threads MKL may split that sum between them
+    (measured on an Intel Xeon: weight gradients off by 1e-10 after one step, losses off in
+    the fourth digit after 40), so the training run would depend on its thread count. The
+    forward and the input gradient split over the batch rows, which leaves every sum whole,
+    so they keep both threads.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, w)
+        return x @ w.T
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        grad_x = g @ w if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            with _one_thread():
+                grad_w = g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+        return grad_x, grad_w
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T``; while training `w`, with a weight gradient that does not depend on the thread count."""
+    if torch.is_grad_enabled() and w.requires_grad:
+        return _ThreadInvariantLinear.apply(x, w)
+    return x @ w.T
+
+
 def fast_forward(model_or_state: Any, tokens: torch.Tensor, n_heads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and MLP activations at the last position only.
 
@@ -155,20 +200,20 @@ def fast_forward(model_or_state: Any, tokens: torch.Tensor, n_heads: int | None 
 
     # x[i, t] = embedding of token t at position i: [3, d_vocab, d_model]
     x = s[KEYS["W_E"]][None] + s[KEYS["W_pos"]][:, None]
-    q_tab = (x[2] @ s[KEYS["q"]].T + bias(KEYS["q"])).view(-1, n_heads, d_head)  # [V, H, dh]
-    k_tab = (x @ s[KEYS["k"]].T + bias(KEYS["k"])).view(3, -1, n_heads, d_head)  # [3, V, H, dh]
-    v_tab = (x @ s[KEYS["v"]].T + bias(KEYS["v"])).view(3, -1, n_heads, d_head)
+    q_tab = (_linear(x[2], s[KEYS["q"]]) + bias(KEYS["q"])).view(-1, n_heads, d_head)  # [V, H, dh]
+    k_tab = (_linear(x, s[KEYS["k"]]) + bias(KEYS["k"])).view(3, -1, n_heads, d_head)  # [3, V, H, dh]
+    v_tab = (_linear(x, s[KEYS["v"]]) + bias(KEYS["v"])).view(3, -1, n_heads, d_head)
     q = q_tab[tokens[:, 2]]  # [b, H, dh]
     k = torch.stack([k_tab[i, tokens[:, i]] for i in range(3)], dim=1)  # [b, 3, H, dh]
     # Broadcast-and-sum rather than einsum: einsum turns these into thousands of tiny batched
     # matmuls whose backward is 5x slower on a CPU.
     pattern = ((q[:, None] * k).sum(-1) / math.sqrt(d_head)).softmax(1)  # [b, 3, H]
     z = sum(pattern[:, i, :, None] * v_tab[i, tokens[:, i]] for i in range(3))  # [b, H, dh]
-    attn_out = z.reshape(len(tokens), -1) @ s[KEYS["o"]].T
+    attn_out = _linear(z.reshape(len(tokens), -1), s[KEYS["o"]])
     resid = x[2, tokens[:, 2]] + attn_out + bias(KEYS["o"])
-    acts = torch.relu(resid @ s[KEYS["in"]].T + s[KEYS["b_in"]])
-    resid = resid + acts @ s[KEYS["out"]].T + s[KEYS["b_out"]]
-    logits = resid @ s[KEYS["U"]].T + s.get("unembed.bias", zero)
+    acts = torch.relu(_linear(resid, s[KEYS["in"]]) + s[KEYS["b_in"]])
+    resid = resid + _linear(acts, s[KEYS["out"]]) + s[KEYS["b_out"]]
+    logits = _linear(resid, s[KEYS["U"]]) + s.get("unembed.bias", zero)
     return logits, acts
 
 
@@ -283,8 +328,13 @@ def make_optimizer(model, cfg: GrokConfig) -> tuple[torch.optim.Optimizer, torch
 
 def evaluate(model_or_state: Any, tokens: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor,
              test_idx: torch.Tensor) -> dict[str, float]:
-    """Train/test loss and accuracy from one (chunked) forward over all pairs."""
-    logits, _ = forward_all(model_or_state, tokens)
+    """Train/test loss and accuracy from one (chunked) forward over all pairs.
+
+    Only the logits are kept (the chunks of `forward_all`, without its 26 MB of activations):
+    this runs at every evaluation of a training run, where those activations raised its peak memory.
+    """
+    with torch.no_grad():
+        logits = torch.cat([fast_logits(model_or_state, tokens[i:i + 4096]) for i in range(0, len(tokens), 4096)])
     out = {}
     for split, idx in (("train", train_idx), ("test", test_idx)):
         out[f"{split}_loss"] = float(loss_fn(logits[idx], labels[idx]))
@@ -315,8 +365,9 @@ def train_grokking(
         threads: torch threads for this run (restored afterwards). Default: two if the
             process can get two cores now (`env.available_cores`: quota, affinity and what
             other processes keep busy), else one. With torch's deterministic
-            kernels (switched on for the run) it is bit-for-bit the same on one and two
-            threads (tested), and two are ~1.7x faster.
+            kernels (switched on for the run) and weight gradients reduced on one thread
+            (`_ThreadInvariantLinear`), it is bit-for-bit the same on one and two threads
+            (tested).
 
     Returns:
         A `GrokRun` whose model is the trained bridge (eval mode).
@@ -338,12 +389,8 @@ def _sum_of_squares(model: torch.nn.Module) -> float:
     """Sum of squared weights, reduced on one thread: a two-thread reduction splits the sum
     differently on some CPUs (measured on an AMD EPYC: 984.99798 vs 984.99792 at step 20),
     and the run's numbers must not depend on its thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_thread():
         return float(sum((prm.detach() ** 2).sum() for prm in model.parameters()))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(cfg: GrokConfig, live: bool, progress: bool, on_checkpoint, keep_checkpoints: bool, desc: str | None,

@@ -110,6 +110,26 @@ def test_training_is_reproducible():
     assert a.metrics["train_loss"] == b.metrics["train_loss"]
 
 
+def test_weight_gradient_is_the_plain_one_and_does_not_depend_on_the_thread_count():
+    """A batch-sized reduction is where two MKL threads split a sum (5107 rows, as in training)."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(5107, 512, generator=gen), torch.randn(128, 512, generator=gen)
+    g = torch.randn(5107, 128, generator=gen)
+    before = torch.get_num_threads()
+    grads = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        wp, xp = w.clone().requires_grad_(), x.clone().requires_grad_()
+        out = grokking._linear(xp, wp)
+        out.backward(g)
+        grads.append((out.detach(), wp.grad, xp.grad))
+    torch.set_num_threads(before)
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+    assert torch.equal(grads[0][0], x @ w.T)
+    assert torch.allclose(grads[0][1], g.T @ x, rtol=1e-4, atol=1e-3) and torch.allclose(grads[0][2], g @ w, rtol=1e-4, atol=1e-3)
+
+
 def test_live_setting_is_bit_identical_on_one_and_two_threads():
     """train_grokking uses two threads where it may; the numbers must not depend on that."""
     cfg = grokking.GrokConfig(n_steps=40, eval_every=20, checkpoint_every=40)

@@ -38,6 +38,8 @@ from .successor import run_ica
 #: A head is called a successor head above this score (the public replication's threshold).
 QUALIFY = 0.4
 RECIPES = ("MLP0 of the embedding", "after BOS", "position 0, no BOS")
+#: Rows (prompt copies) per batched pass in `per_prompt_effects` (bounds the peak memory).
+MAX_ROWS = 128
 
 
 # --------------------------------------------------------------------------------------
@@ -121,13 +123,39 @@ def ica_null(eff_ov: torch.Tensor, otok: OrdinalTokens, n_components: int = 16, 
     return np.array(out)
 
 
+def succession_component(template_corr: np.ndarray, null: np.ndarray) -> tuple[int | None, float, str]:
+    """Decide whether ICA found a succession component: ``(component or None, empirical p, reason)``.
+
+    A component counts when (i) its succession correlation beats every shuffled-head null run
+    and (ii) succession is its largest template correlation (otherwise it is a copying or
+    category component with a faint succession line). ``p = (1 + #null runs >= best) / (1 + n_null)``
+    is the empirical p-value of the best succession correlation; with `n_null` runs it cannot go
+    below ``1 / (1 + n_null)``. `template_corr` is ``[k, 3]`` (succession, copying, category).
+    """
+    null = np.asarray(null, dtype=float)
+    if null.size == 0:
+        raise ValueError("the null needs at least one run: call ica_null(..., n_null=8) first")
+    succ = template_corr[:, 0]
+    best = int(np.argmax(succ))
+    p = float((1 + (null >= succ[best]).sum()) / (1 + null.size))
+    ok = [k for k in range(len(succ)) if succ[k] > null.max() and succ[k] >= template_corr[k].max()]
+    if ok:
+        k = max(ok, key=lambda i: succ[i])
+        return k, p, f"component #{k}: succession {succ[k]:.2f} beats the null (max {null.max():.2f}) and is its largest template"
+    if succ[best] > null.max():
+        other = ("copying", "category")[int(np.argmax(template_corr[best, 1:]))]
+        return None, p, (f"component #{best} beats the null on succession ({succ[best]:.2f} > {null.max():.2f}) but correlates "
+                         f"more with {other} ({template_corr[best, 1:].max():.2f}): a {other} component, not a succession one")
+    return None, p, f"no component's succession correlation beats the null (best {succ[best]:.2f} <= {null.max():.2f})"
+
+
 # --------------------------------------------------------------------------------------
 # Per-prompt effects: the sources of disagreement
 # --------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def _replace_per_prompt(model, tokens, values, metric, max_rows: int = 128) -> torch.Tensor:
+def _replace_per_prompt(model, tokens, values, metric, max_rows: int = MAX_ROWS) -> torch.Tensor:
     """Drop in the metric per prompt with each head replaced by `values` in turn, ``[batch, n_layers, n_heads]``."""
     base = metric(copies_runner(model, tokens)([])[0]).float()  # the unpatched run, on the same backend
     return base[:, None, None] - replace_heads(model, tokens, values, metric, max_rows=max_rows, per_prompt=True)
@@ -188,6 +216,37 @@ def disagreement_sources(effects: dict[str, torch.Tensor], k: int = 10, n_boot: 
     return pd.DataFrame(rows).set_index("source").round(2)
 
 
+def _interval(cell: str) -> tuple[float, float]:
+    lo, hi = cell.strip("[]").split(",")
+    return float(lo), float(hi)
+
+
+def disagreement_verdict(table, k: int = 10) -> list[str]:
+    """Sentences read off `disagreement_sources`: which source is larger by each statistic, and
+    whether its intervals separate it from the other, and how the linearisation compares with
+    attribution's own prompt noise."""
+    col, ci = f"top-{k} overlap", f"top-{k} 95%"
+    rows = {name: [i for i in table.index if i.startswith(name)][0]
+            for name in ("baseline", "linearisation", "prompt noise: attr")}
+    out = []
+    for stat, stat_ci, label in (("Spearman", "Spearman 95%", "Spearman"), (col, ci, f"top-{k} overlap")):
+        b, lin = float(table.loc[rows["baseline"], stat]), float(table.loc[rows["linearisation"], stat])
+        blo, bhi = _interval(table.loc[rows["baseline"], stat_ci])
+        llo, lhi = _interval(table.loc[rows["linearisation"], stat_ci])
+        worse = "the baseline" if b < lin else "the linearisation"
+        sep = bhi < llo if b < lin else lhi < blo
+        out.append(f"by {label}: baseline alone {b:.2f} [{blo:.2f}, {bhi:.2f}], linearisation alone {lin:.2f} "
+                   f"[{llo:.2f}, {lhi:.2f}]: " + (f"{worse} changes the ranking more, and the intervals do not overlap"
+                                                   if sep else f"{worse} scores lower, but the intervals overlap, so "
+                                                   f"{label} cannot tell the two sources apart"))
+    lin, noise = float(table.loc[rows["linearisation"], col]), float(table.loc[rows["prompt noise: attr"], col])
+    out.append(f"the linearisation's top-{k} overlap ({lin:.2f}) is "
+               + ("no lower than" if lin >= noise else "below")
+               + f" attribution's agreement with itself on resampled prompts ({noise:.2f})"
+               + (": within prompt noise" if lin >= noise else ": more than prompt noise alone"))
+    return out
+
+
 def top_head_stability(per_prompt: torch.Tensor, k: int = 5, n_boot: int = 200, seed: int = 0) -> dict[str, float]:
     """For each of the top-`k` heads (all prompts), the share of bootstrap resamples that keep it in the top `k`."""
     g = torch.Generator().manual_seed(seed)
@@ -214,7 +273,7 @@ def attention_to_item(model, prompts: SuccessorPrompts) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sender_routes(model, prompts: SuccessorPrompts, sender: Head) -> dict[str, float]:
+def sender_routes(model, prompts: SuccessorPrompts, sender: Head, per_prompt: bool = False) -> dict:
     """Split a mean-ablated sender's effect by the first component that reads its change.
 
     delta = the change of the sender's output (mean minus clean, through W_O). Each route's
@@ -222,7 +281,11 @@ def sender_routes(model, prompts: SuccessorPrompts, sender: Head) -> dict[str, f
     the sender changed); everything downstream of them recomputes. Routes: "direct" (the
     final residual stream), "all later heads' queries", "all later heads' keys/values" and
     "all MLPs from the sender's layer on" (the sender's own MLP reads it first). Also "total"
-    (the sender ablated outright) and "sum of routes". Drops in log p(successor).
+    (the sender ablated outright) and "sum of routes". Drops in log p(successor): the mean over
+    prompts, or with ``per_prompt=True`` one value per prompt (``[batch]`` tensors, for `route_table`).
+
+    Each route's receivers of that kind are all held at their edge-run values, so paths from one
+    receiver of a kind through later components to another receiver of the same kind are cut.
     """
     tokens, metric = prompts.tokens, logprob_metric(prompts.target)
     ls, hs = sender
@@ -233,7 +296,7 @@ def sender_routes(model, prompts: SuccessorPrompts, sender: Head) -> dict[str, f
     names = {s: [hook_name(l, s) for l in range(L)] for s in ("resid_pre", "resid_mid", "resid_post", "q", "k", "v", "mlp_out")}
     want = set(sum(names.values(), []))
     _, clean = model.run_with_cache(tokens, names_filter=lambda n: n in want)
-    base = float(metric(model(tokens)).mean())
+    base = metric(model(tokens)).float()
 
     # the edge run: every receiver of the sender reads clean + delta; record what they then compute
     forced = [Patch(l, None, clean[names["resid_pre"][l]] + delta, "resid_pre") for l in range(ls + 1, L)]
@@ -242,8 +305,8 @@ def sender_routes(model, prompts: SuccessorPrompts, sender: Head) -> dict[str, f
     _, cap = run_copies(model, tokens, [forced], capture=keep)
     captured = {n: cap[n][1] for n in keep}
 
-    def drop(patches) -> float:
-        return base - float(metric(run_patched(model, tokens, patches)).mean())
+    def drop(patches) -> torch.Tensor:
+        return base - metric(run_patched(model, tokens, patches)).float()
 
     H, last = model.cfg.n_heads, names["resid_post"][L - 1]
     out = {"total": drop([Patch(ls, hs, mean)])}
@@ -255,7 +318,25 @@ def sender_routes(model, prompts: SuccessorPrompts, sender: Head) -> dict[str, f
     out["all MLPs from the sender's layer on"] = drop([Patch(l, None, captured[names["mlp_out"][l]], "mlp_out")
                                                        for l in range(ls, L)])
     out["sum of routes"] = sum(v for k, v in out.items() if k != "total")
-    return out
+    return out if per_prompt else {k: float(v.mean()) for k, v in out.items()}
+
+
+def route_table(per_prompt: dict[str, torch.Tensor], n_boot: int = 1000, seed: int = 0):
+    """`sender_routes(..., per_prompt=True)` as a DataFrame: the mean drop with its 95% bootstrap
+    interval over prompts ("low", "high"), and the share of the total (the ratio of the means,
+    with its interval: "share low", "share high")."""
+    import pandas as pd
+
+    names = list(per_prompt)
+    stack = torch.stack([per_prompt[n] for n in names], 1)  # [P, routes]
+    t = names.index("total")
+    rows = []
+    for i, name in enumerate(names):
+        d = bootstrap(stack[:, i], n=n_boot, seed=seed)
+        sh = bootstrap(stack, lambda x, i=i: float(x[:, i].mean() / x[:, t].mean()), n=n_boot, seed=seed)
+        rows.append({"route": name, "drop in log p(successor)": d.value, "low": d.low, "high": d.high,
+                     "share of total": sh.value, "share low": sh.low, "share high": sh.high})
+    return pd.DataFrame(rows).set_index("route").round(3)
 
 
 # --------------------------------------------------------------------------------------
@@ -285,6 +366,6 @@ def effective_ov_head(resid: torch.Tensor, w_in: torch.Tensor, W_V: torch.Tensor
 
 __all__ = [
     "QUALIFY", "RECIPES", "effective_embeddings", "recipe_tables", "recipe_table", "shuffle_within_category",
-    "ica_null", "per_prompt_effects", "disagreement_sources", "top_head_stability", "attention_to_item",
-    "sender_routes", "rms_norm", "effective_ov_head",
+    "ica_null", "succession_component", "per_prompt_effects", "disagreement_sources", "disagreement_verdict",
+    "top_head_stability", "attention_to_item", "sender_routes", "route_table", "rms_norm", "effective_ov_head",
 ]

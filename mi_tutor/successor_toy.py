@@ -14,6 +14,7 @@ layer-1 successor head then finds the item and copies its successor (OV). This m
   *carriers* (`successor.minimal_flip_set`: heads whose outputs at "=" carry the answer) and
   *routers* (`minimal_routing_set`: heads that, patched from the twin at every position
   BEFORE "=", move the answer to the twin's, i.e. change where the carriers look);
+- `best_smaller_set`: the check that a greedy set is a smallest one (every set one head smaller);
 - `ablation_break_rates`: how often mean-ablating one head changes the top-1 answer;
 - `marker_routes`: path patching of a router's change into only the later heads' keys,
   queries or values (Wang et al. 2022), and `composition_table`: the K/Q/V-composition
@@ -32,7 +33,7 @@ from .lab.hooks import Head, head_label, head_outputs, logprob_metric
 from .lab.patching import ablate_heads, copies_runner, heads_replaced, path_patch, run_patched, Patch
 from .lab.scores import composition_baseline, composition_scores, head_weights, ranks
 from .ordinal import SuccessorPrompts
-from .successor import ToyTask
+from .successor import ToyTask, flip_rates_of_sets
 
 N_SLOTS = 3
 
@@ -133,6 +134,26 @@ def minimal_routing_set(model, prompts: MarkerPrompts, threshold: float = 0.8) -
         chosen.append(candidates[best])
         rates.append(r[best])
     return (chosen, rates) if rates and rates[-1] >= threshold else ([], rates)
+
+
+def best_smaller_set(model, prompts: SuccessorPrompts, chosen: Sequence[Head], routing: bool = False) -> tuple[list[Head], float]:
+    """Is a greedy set minimal? Every set with one head fewer than `chosen`, tried exhaustively.
+
+    Returns the best such set and its rate (carriers: `successor.flip_rates_of_sets`, patched at
+    the last position; ``routing=True``: `routing_flip_rates`, patched before it). If that rate
+    is below the threshold the greedy set is a smallest set. An empty `chosen` is rejected.
+    """
+    from itertools import combinations
+
+    if not chosen:
+        raise ValueError("chosen is empty: pass the set minimal_flip_set or minimal_routing_set returned")
+    heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    sets = [list(c) for c in combinations(heads, len(chosen) - 1)]
+    if not sets[0]:
+        return [], 0.0  # the empty set patches nothing, so it moves no answer
+    rates = routing_flip_rates(model, prompts, sets) if routing else flip_rates_of_sets(model, prompts, sets)
+    best = int(np.argmax(rates))
+    return sets[best], float(rates[best])
 
 
 def ablation_break_rates(model, prompts: SuccessorPrompts) -> torch.Tensor:

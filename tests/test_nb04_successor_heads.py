@@ -385,3 +385,57 @@ def test_sender_routes_on_gqa_smollm2(smollm2):
         total = float(metric(smollm2(pr.tokens)).mean() - metric(run_patched(smollm2, pr.tokens, [Patch(1, 8, vals[1])])).mean())
     assert r["total"] == pytest.approx(total, abs=1e-4)
     assert all(np.isfinite(v) for v in r.values())
+
+
+# ---- decision rules and intervals read by the notebook's prose --------------------------------
+
+def test_succession_component_needs_to_beat_the_null_and_match_succession_best():
+    corr = np.array([[0.12, 0.09, 0.38],    # beats the null on succession, but a category component
+                     [0.05, 0.60, 0.10]])
+    k, p, why = SS.succession_component(corr, np.array([0.08, 0.10, 0.09]))
+    assert k is None and "category" in why and p == pytest.approx(1 / 4)
+    corr[1] = [0.30, 0.10, 0.20]            # a clean succession component
+    k, p, why = SS.succession_component(corr, np.array([0.08, 0.10, 0.31]))
+    assert k is None and "no component" in why and p == pytest.approx(2 / 4)
+    k, _, _ = SS.succession_component(corr, np.array([0.08, 0.10, 0.09]))
+    assert k == 1
+    with pytest.raises(ValueError, match="at least one run"):
+        SS.succession_component(corr, np.array([]))
+
+
+def test_disagreement_verdict_branches_on_the_intervals():
+    import pandas as pd
+
+    table = pd.DataFrame({"Spearman": [0.26, 0.87, 0.18, 0.88, 0.67],
+                          "Spearman 95%": ["[0.12, 0.49]", "[0.82, 0.94]", "[0.07, 0.48]", "[0.75, 0.96]", "[0.41, 0.84]"],
+                          "top-10 overlap": [0.6, 0.7, 0.4, 0.79, 0.67],
+                          "top-10 95%": ["[0.30, 0.70]", "[0.50, 0.90]", "[0.30, 0.60]", "[0.50, 0.90]", "[0.50, 0.90]"]},
+                         index=["baseline: mean vs corrupt", "linearisation: exact vs attribution",
+                                "both: mean ablation vs attribution", "prompt noise: mean ablation", "prompt noise: attribution"])
+    sp, ov, noise = SS.disagreement_verdict(table, k=10)
+    assert "the baseline changes the ranking more, and the intervals do not overlap" in sp
+    assert "intervals overlap" in ov and "cannot tell" in ov
+    assert "no lower than" in noise and "within prompt noise" in noise
+
+
+def test_route_table_means_and_intervals(toy, task):
+    pr = task.prompts()
+    pp = SS.sender_routes(toy, pr, (0, 1), per_prompt=True)
+    means = SS.sender_routes(toy, pr, (0, 1))
+    assert all(v.shape == (len(pr),) for v in pp.values())
+    assert all(float(pp[k].mean()) == pytest.approx(means[k], abs=1e-6) for k in means)
+    t = SS.route_table(pp, n_boot=50)
+    assert (t["low"] <= t["drop in log p(successor)"] + 1e-3).all() and (t["drop in log p(successor)"] <= t["high"] + 1e-3).all()
+    assert t.loc["total", "share of total"] == pytest.approx(1.0)
+
+
+def test_best_smaller_set_tries_every_set_one_head_smaller(toy, task):
+    pr = T.marker_prompts(task, n=12, seed=1)
+    assert T.best_smaller_set(toy, pr, [(1, 0)]) == ([], 0.0)
+    best, rate = T.best_smaller_set(toy, pr, [(1, 0), (1, 1)])
+    singles = S.flip_rates_of_sets(toy, pr, [[(l, h)] for l in range(2) for h in range(4)])
+    assert len(best) == 1 and rate == pytest.approx(max(singles))
+    _, r_route = T.best_smaller_set(toy, pr, [(0, 0), (0, 1)], routing=True)
+    assert r_route == pytest.approx(max(T.routing_flip_rates(toy, pr, [[(l, h)] for l in range(2) for h in range(4)])))
+    with pytest.raises(ValueError, match="chosen is empty"):
+        T.best_smaller_set(toy, pr, [])

@@ -191,8 +191,8 @@ register(Exercise(
     cases=lambda rng: [_ablate_case(rng, 3, 4, 5, 2), _ablate_case(rng, 2, 6, 3, 4), _ablate_case(rng, 4, 2, 2, 3)],
     hints=[
         "Clone z first, then overwrite only z[:, :, head].",
-        "mean_z is [pos, head, d_head]: the mean was taken over prompts but kept per position. Broadcast it over the "
-        "batch with mean_z[None, :, head].",
+        "mean_z is [pos, head, d_head]: the mean was taken over prompts but kept per position, so every prompt of "
+        "the batch gets the same [pos, d_head] slice for that head (add a leading batch axis to broadcast it).",
     ],
     mistakes=[
         Mistake("you zero-ablated the head instead of replacing it by its mean", _ablate_zero),

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .env import trim_memory
 from .lab.hooks import Head, all_heads, head_label, head_outputs
 from .lab.patching import (KINDS, Kind, Patch, ablation_values, copies_runner, heads_replaced, patch_hooks, run_copies)
 from .lab.readout import DLA, direct_logit_attribution, kl_div
@@ -108,14 +109,28 @@ def subset_successor(prompts, categories: Sequence[str], otok):
                          prompts.category[t], [prompts.text[i] for i in keep])
 
 
+def head_outputs_chunked(model, tokens: torch.Tensor, max_prompts: int = 8) -> dict[int, torch.Tensor]:
+    """`lab.hooks.head_outputs` (every layer's hook_z) a few prompts at a time: one hooked forward's caches grow
+    with the batch (~10 MB per 16-token prompt on SmolLM2), so a long batch would set the notebook's memory peak."""
+    if max_prompts < 1:
+        raise ValueError(f"max_prompts must be at least 1, got {max_prompts}")
+    parts = [head_outputs(model, tokens[i:i + max_prompts]) for i in range(0, tokens.shape[0], max_prompts)]
+    return {l: torch.cat([p[l] for p in parts]) for l in parts[0]}
+
+
 def task_values(model, task: Task, kind: Kind) -> dict[int, torch.Tensor]:
     """Replacement values for every head on `task` (hook_z shaped): zero, the counterfactual
     mean per position (over `task.mean_reference` if set), or the counterfactual prompt itself
-    (resample, aligned)."""
+    (resample, aligned). The same values as `lab.patching.ablation_values`, read a few prompts at a time."""
     if kind not in KINDS:
         raise ValueError(f"unknown ablation kind {kind!r}; use one of {KINDS}")
+    if kind == "zero":
+        return ablation_values(model, task.tokens, kind)
     ref = task.mean_reference if (kind == "mean" and task.mean_reference is not None) else task.counterfactual
-    return ablation_values(model, task.tokens, kind, reference_tokens=ref)
+    z = head_outputs_chunked(model, ref)
+    if kind == "mean":
+        return {l: v.mean(0, keepdim=True).expand(len(task), *v.shape[1:]).clone() for l, v in z.items()}
+    return z
 
 
 def kl_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -558,7 +573,7 @@ def scrub(model, task: Task, keep: Sequence[Head], n_random: int = 3, seed: int 
         raise ValueError(f"max_rows must be at least 1, got {max_rows}")
     keep = {(int(l), int(h)) for l, h in keep}
     heads = all_heads(model)
-    z = head_outputs(model, task.tokens)
+    z = head_outputs_chunked(model, task.tokens)
     perm = derangement(len(task), seed)
     other = {l: v[perm] for l, v in z.items()}
 
@@ -572,6 +587,8 @@ def scrub(model, task: Task, keep: Sequence[Head], n_random: int = 3, seed: int 
         logits = run([[Patch(l, h, other[l]) for l, h in s] for s in sets[i:i + per]])
         clean = float(task.metric(logits[0]).mean())
         lds += [float(task.metric(x).mean()) for x in logits[1:]]
+        del logits
+    trim_memory()
     return Scrub(len(keep), clean, lds[0], lds[1:-1], lds[-1])
 
 
@@ -641,4 +658,5 @@ __all__ = [
     "control_kl", "split_total_effect", "verdict_flips", "SelfRepair", "self_repair", "Pairs", "pair_interactions",
     "NoiseDenoise", "noising_denoising", "probe_layers", "Scrub", "derangement", "scrub",
     "DamageReport", "damage_report", "top_entropy_rises", "kl_entropy",
+    "head_outputs_chunked",
 ]

@@ -18,8 +18,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .ablation import NoiseDenoise, Pairs, Task, noising_denoising, pair_interactions, sweep
-from .lab.hooks import Head, all_heads, head_label, head_outputs, hook_name
+from .ablation import NoiseDenoise, Pairs, Task, head_outputs_chunked, noising_denoising, pair_interactions, sweep
+from .env import trim_memory
+from .lab.hooks import Head, all_heads, head_label, hook_name
 from .lab.patching import Patch, copies_runner, heads_replaced, patch_hooks
 from .lab.readout import direct_logit_attribution, norm_of
 from .lab.scores import Interval, bootstrap, ranks, spearman
@@ -99,15 +100,22 @@ def successor_swap(prompts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
 
 
 @torch.no_grad()
-def run_chunked(model, tokens: torch.Tensor, copies: Sequence[Sequence[Patch]], max_rows: int = 80) -> torch.Tensor:
+def run_chunked(model, tokens: torch.Tensor, copies: Sequence[Sequence[Patch]], max_rows: int = 80,
+                reduce=None) -> torch.Tensor:
     """Last-position logits ``[1 + n, batch, vocab]`` of the unpatched run and every copy, a few copies per pass
-    (at most `max_rows` rows each, on the engine's fastest exact backend)."""
+    (at most `max_rows` rows each, on the engine's fastest exact backend). `reduce`: applied to each pass's
+    ``[k, batch, vocab]`` logits before they are kept (e.g. a logit difference), so that the full-vocabulary
+    logits of every copy are never held at once."""
     run = copies_runner(model, tokens)
+    keep = reduce or (lambda x: x)
+    if not copies:
+        return keep(run([])[:, :, -1])
     per = max(1, max_rows // tokens.shape[0] - 1)
     out = []
     for i in range(0, len(copies), per):
         x = run(list(copies[i:i + per]))[:, :, -1]
-        out.append(x if not out else x[1:])
+        out.append(keep(x if not out else x[1:]))
+        del x
     return torch.cat(out)
 
 
@@ -165,18 +173,18 @@ def interchange_flip(model, tokens_a: torch.Tensor, tokens_b: torch.Tensor, answ
         raise ValueError(f"A and B prompts must be aligned: {tuple(tokens_a.shape)} vs {tuple(tokens_b.shape)}")
     if not heads:
         raise ValueError("give at least one head to patch")
-    z_b = head_outputs(model, tokens_b)
+    z_b = head_outputs_chunked(model, tokens_b)
     every = all_heads(model)
     rng = np.random.default_rng(seed)
     sets = [heads] + [[every[i] for i in rng.choice(len(every), len(heads), replace=False)] for _ in range(n_random)]
     copies = [[Patch(l, h, z_b[l]) for l, h in s] for s in sets]
     if damage_values is not None:
         copies.append([Patch(l, h, damage_values[l]) for l, h in heads])
-    logits = run_chunked(model, tokens_a, copies)  # [1 + n, batch, vocab]
     rows = torch.arange(tokens_a.shape[0])
-    m = logits[:, rows, answer_a] - logits[:, rows, answer_b]
-    lb = model(tokens_b)[rows, -1]
+    m = run_chunked(model, tokens_a, copies, reduce=lambda x: x[:, rows, answer_a] - x[:, rows, answer_b])  # [1 + n, batch]
+    lb = run_chunked(model, tokens_b, [])[0]  # B's last-position logits, without the full-vocabulary logits of every position
     b = lb[rows, answer_a] - lb[rows, answer_b]
+    trim_memory()
     return Flip(heads, m[0], b, m[1], m[2:2 + n_random], m[-1] if damage_values is not None else None)
 
 
@@ -387,8 +395,10 @@ def pooled_splits(model, tasks: Sequence[Task], heads: Sequence[Head], values: S
     """`frozen_split` of each head (ablated alone, replaced by `values[i]` on `tasks[i]`), pooled over every prompt."""
     _check_parts(tasks, values)
     readings = readings or clean_readings(model, tasks)
-    return [pool_splits([frozen_split(model, t.tokens, t.answer, t.wrong, [h], v, r)
-                         for t, v, r in zip(tasks, values, readings)]) for h in heads]
+    out = [pool_splits([frozen_split(model, t.tokens, t.answer, t.wrong, [h], v, r)
+                        for t, v, r in zip(tasks, values, readings)]) for h in heads]
+    trim_memory()
+    return out
 
 
 def _iv(iv: Interval) -> str:
@@ -438,7 +448,9 @@ def pool_pairs(parts: Sequence[Pairs]) -> Pairs:
 def pooled_pairs(model, tasks: Sequence[Task], heads: Sequence[Head], values: Sequence[dict], max_rows: int = 64) -> Pairs:
     """`ablation.pair_interactions` on every sub-task (its own replacement values), pooled over all prompts."""
     _check_parts(tasks, values)
-    return pool_pairs([pair_interactions(model, t, heads, v, max_rows=max_rows) for t, v in zip(tasks, values)])
+    out = pool_pairs([pair_interactions(model, t, heads, v, max_rows=max_rows) for t, v in zip(tasks, values)])
+    trim_memory()
+    return out
 
 
 def pair_intervals(pairs: Pairs, a: Head, b: Head, n: int = 1000, seed: int = 0) -> dict:
@@ -482,13 +494,14 @@ def pooled_noising(model, tasks: Sequence[Task], heads: Sequence[Head], max_rows
     noise = torch.stack([evidence.exact["resample"][:, l, h] for l, h in heads])
     parts, start = [], 0
     for t in tasks:
-        den = sweep(model, t.counterfactual, head_outputs(model, t.tokens), t.metric, heads, max_rows)
+        den = sweep(model, t.counterfactual, head_outputs_chunked(model, t.tokens), t.metric, heads, max_rows)
         rows = slice(start, start + len(t))
         clean = evidence.clean[rows]
         gap = float((clean - den.clean_per_prompt).mean())
         parts.append(NoiseDenoise(heads, noise[:, rows].mean(-1) / gap, -den.drop / gap, float(clean.mean()), den.clean,
                                   noise[:, rows], -den.per_prompt, clean, den.clean_per_prompt))
         start += len(t)
+    trim_memory()
     return pool_noising(parts)
 
 

@@ -25,8 +25,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .ablation import Sweep, Task, kl_entropy, task_values
-from .lab.hooks import Head, all_heads, head_outputs, top_heads
+from .ablation import Sweep, Task, head_outputs_chunked, kl_entropy, task_values
+from .env import trim_memory
+from .lab.hooks import Head, all_heads, top_heads
 from .lab.patching import KINDS, Patch, copies_runner, head_output_grads
 from .lab.scores import Interval, bootstrap, ranks, spearman
 
@@ -75,7 +76,7 @@ def task_values_shared(model, task: Task, kinds: Sequence[str]) -> dict[str, dic
                                            and bool((task.mean_reference == task.counterfactual).all()))
     out: dict[str, dict[int, torch.Tensor]] = {}
     if same and "mean" in kinds and "resample" in kinds:
-        ref = head_outputs(model, task.counterfactual)
+        ref = head_outputs_chunked(model, task.counterfactual)
         out["resample"] = ref
         out["mean"] = {l: z.mean(0, keepdim=True).expand_as(z).clone() for l, z in ref.items()}
     for k in kinds:
@@ -226,6 +227,7 @@ def task_evidence(model, name: str, tasks: Sequence[Task], kinds: Sequence[str] 
     L, H = model.cfg.n_layers, model.cfg.n_heads
     vals = [task_values_shared(model, t, kinds) for t in tasks]
     runs = [attribution_drops(model, t, v) for t, v in zip(tasks, vals)]
+    trim_memory()  # the backward passes' activations are freed: give the heap back before the exact sweeps
     screen = {k: torch.cat([r[0][k] for r in runs]) for k in kinds}
     clean = torch.cat([r[1] for r in runs])
     far = {k: sum(r[2][k] for r in runs) for k in kinds}
@@ -246,6 +248,7 @@ def task_evidence(model, name: str, tasks: Sequence[Task], kinds: Sequence[str] 
         if not new:
             break
         _measure(model, tasks, vals, ev, new, max_rows)
+        trim_memory()
         want = {h for k in kinds for h in top_heads(ev.table(k), k_exact)}
     return ev
 

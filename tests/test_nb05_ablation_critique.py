@@ -455,3 +455,16 @@ def test_chunked_dla_equals_one_pass(toy, two_tasks):
     assert torch.allclose(heads, ref.per_prompt_heads, atol=1e-5) and ld == pytest.approx(float(ref.logit_diff), abs=1e-5)
     with pytest.raises(ValueError, match="max_prompts must be at least 1"):
         EV.chunked_dla(toy, t.tokens, t.answer, t.wrong, max_prompts=0)
+
+
+def test_task_values_read_in_chunks_equal_the_engine_and_bad_chunks_are_refused(toy, task):
+    from mi_tutor.lab.patching import ablation_values
+
+    for kind in ("mean", "resample"):
+        ref = ablation_values(toy, task.tokens, kind, reference_tokens=task.counterfactual)
+        got = A.task_values(toy, task, kind)
+        assert all(torch.allclose(got[l], ref[l], atol=1e-5) for l in ref), kind
+    z = A.head_outputs_chunked(toy, task.tokens, max_prompts=1)
+    assert all(torch.allclose(z[l], head_outputs(toy, task.tokens)[l], atol=1e-5) for l in z)
+    with pytest.raises(ValueError, match="max_prompts must be at least 1"):
+        A.head_outputs_chunked(toy, task.tokens, max_prompts=0)

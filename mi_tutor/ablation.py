@@ -25,9 +25,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .env import trim_memory
 from .lab.hooks import Head, all_heads, head_label, head_outputs
 from .lab.patching import (KINDS, Kind, Patch, ablation_values, copies_runner, heads_replaced, patch_hooks, run_copies)
-from .lab.readout import DLA, direct_logit_attribution, entropy, kl_div
+from .lab.readout import DLA, direct_logit_attribution, kl_div
 from .lab.scores import ranks
 
 #: Plain text with no names, no lists and no ordinal sequences: the "control" on which an
@@ -108,14 +109,48 @@ def subset_successor(prompts, categories: Sequence[str], otok):
                          prompts.category[t], [prompts.text[i] for i in keep])
 
 
+def head_outputs_chunked(model, tokens: torch.Tensor, max_prompts: int = 8) -> dict[int, torch.Tensor]:
+    """`lab.hooks.head_outputs` (every layer's hook_z) a few prompts at a time: one hooked forward's caches grow
+    with the batch (~10 MB per 16-token prompt on SmolLM2), so a long batch would set the notebook's memory peak."""
+    if max_prompts < 1:
+        raise ValueError(f"max_prompts must be at least 1, got {max_prompts}")
+    parts = [head_outputs(model, tokens[i:i + max_prompts]) for i in range(0, tokens.shape[0], max_prompts)]
+    return {l: torch.cat([p[l] for p in parts]) for l in parts[0]}
+
+
 def task_values(model, task: Task, kind: Kind) -> dict[int, torch.Tensor]:
     """Replacement values for every head on `task` (hook_z shaped): zero, the counterfactual
     mean per position (over `task.mean_reference` if set), or the counterfactual prompt itself
-    (resample, aligned)."""
+    (resample, aligned). The same values as `lab.patching.ablation_values`, read a few prompts at a time."""
     if kind not in KINDS:
         raise ValueError(f"unknown ablation kind {kind!r}; use one of {KINDS}")
+    if kind == "zero":
+        return ablation_values(model, task.tokens, kind)
     ref = task.mean_reference if (kind == "mean" and task.mean_reference is not None) else task.counterfactual
-    return ablation_values(model, task.tokens, kind, reference_tokens=ref)
+    z = head_outputs_chunked(model, ref)
+    if kind == "mean":
+        return {l: v.mean(0, keepdim=True).expand(len(task), *v.shape[1:]).clone() for l, v in z.items()}
+    return z
+
+
+def kl_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(clean || copy) and entropy change (copy - clean) per copy, each the mean over every other axis.
+
+    `logits`: ``[1 + n, ..., vocab]``, row 0 the clean run. One copy at a time, so that only a few full-vocabulary
+    temporaries of one copy exist at once (the same numbers as `kl_div` and `entropy` on the whole stack).
+    """
+    p = logits[0].float().log_softmax(-1)
+    pe = p.exp()
+    e0 = -(pe * p).sum(-1)
+    kls, ents = [], []
+    for x in logits[1:]:
+        q = x.float().log_softmax(-1)
+        kls.append((pe * (p - q)).sum(-1).mean())
+        ents.append((-(q.exp() * q).sum(-1) - e0).mean())
+        del q
+    if not kls:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.stack(kls), torch.stack(ents)
 
 
 def _as_groups(heads) -> list[list[Head]]:
@@ -173,6 +208,7 @@ class Sweep:
     kl: torch.Tensor
     entropy_change: torch.Tensor
     per_prompt: torch.Tensor | None = None  # [n_groups, batch] drop on each prompt (for bootstrap intervals)
+    clean_per_prompt: torch.Tensor | None = None  # [batch] the unpatched metric on each prompt
 
     def table(self, n_layers: int, n_heads: int, what: str = "drop") -> torch.Tensor:
         """Single-head results as [n_layers, n_heads] (NaN where not measured)."""
@@ -202,20 +238,20 @@ def sweep(model, tokens: torch.Tensor, values: dict[int, torch.Tensor], metric: 
     batch = tokens.shape[0]
     per = max(1, max_rows // batch - 1)
     run = copies_runner(model, tokens)  # the patching engine; fast_llama on SmolLM2
-    drops, kls, ents, pps, clean = [], [], [], [], None
+    drops, kls, ents, pps, clean, clean_pp = [], [], [], [], None, None
     for i in range(0, len(groups), per):
         chunk = groups[i:i + per]
         logits = run([[Patch(l, h, values[l]) for l, h in g] for g in chunk])
         last = logits[:, :, -1]  # [1 + n, batch, vocab]
         mp = torch.stack([metric(x).float() for x in logits])  # [1 + n, batch]
         m = mp.mean(-1)
-        clean = float(m[0])
+        clean, clean_pp = float(m[0]), mp[0]
         drops.append(m[0] - m[1:])
         pps.append(mp[0] - mp[1:])
-        kls.append(kl_div(last[:1], last[1:]).mean(-1))
-        e = entropy(last).mean(-1)
-        ents.append(e[1:] - e[0])
-    return Sweep(groups, clean, torch.cat(drops), torch.cat(kls), torch.cat(ents), torch.cat(pps))
+        kl, ent = kl_entropy(last)
+        kls.append(kl)
+        ents.append(ent)
+    return Sweep(groups, clean, torch.cat(drops), torch.cat(kls), torch.cat(ents), torch.cat(pps), clean_pp)
 
 
 def task_sweeps(model, task: Task, kinds: Sequence[str] = KINDS, max_rows: int = 96) -> dict[str, Sweep]:
@@ -277,9 +313,9 @@ def control_damage(model, ctrl: torch.Tensor, kind: Kind, heads=None, max_rows: 
     for i in range(0, len(groups), per):
         chunk = groups[i:i + per]
         logits, _ = run_copies(model, ctrl, [[Patch(l, h, values[l]) for l, h in g] for g in chunk], last_only=False)
-        kls.append(kl_div(logits[:1], logits[1:]).mean((1, 2)))
-        e = entropy(logits).mean((1, 2))
-        ents.append(e[1:] - e[0])
+        kl, ent = kl_entropy(logits)
+        kls.append(kl)
+        ents.append(ent)
         del logits
     return Damage(groups, torch.cat(kls), torch.cat(ents))
 
@@ -385,11 +421,15 @@ class Pairs:
     """Single and pairwise ablation drops over `heads`; interaction = pair - single a - single b.
 
     A large positive interaction is OR-like: either head suffices, so each alone looks unimportant.
+    `single_pp` ``[n, batch]`` and `pair_pp` ``[n, n, batch]``: the same drops on each prompt (for intervals).
     """
 
     heads: list[Head]
     single: torch.Tensor
     pair: torch.Tensor
+    single_pp: torch.Tensor | None = None
+    pair_pp: torch.Tensor | None = None
+    part: torch.Tensor | None = None  # [batch] the sub-task (template) of each prompt, when pooled
 
     @property
     def interaction(self) -> torch.Tensor:
@@ -417,9 +457,11 @@ def pair_interactions(model, task: Task, heads: Sequence[Head], values: dict[int
     n = len(heads)
     single = res.drop[:n]
     pair = torch.full((n, n), float("nan"))
-    for (i, j), v in zip(pairs, res.drop[n:]):
+    pair_pp = torch.full((n, n, len(task)), float("nan"))
+    for (i, j), v, pp in zip(pairs, res.drop[n:], res.per_prompt[n:]):
         pair[i, j] = pair[j, i] = v
-    return Pairs(heads, single, pair)
+        pair_pp[i, j] = pair_pp[j, i] = pp
+    return Pairs(heads, single, pair, res.per_prompt[:n], pair_pp)
 
 
 # --------------------------------------------------------------------------------------
@@ -431,13 +473,19 @@ def pair_interactions(model, task: Task, heads: Sequence[Head], values: dict[int
 class NoiseDenoise:
     """Per head, as a share of (clean - corrupted): `necessity` = drop when its output on the
     clean run comes from the counterfactual (noising); `sufficiency` = gain when its clean output
-    is put into the counterfactual run (denoising)."""
+    is put into the counterfactual run (denoising). `noise_pp`, `gain_pp` ``[n_heads, batch]``: the noising drop
+    and the denoising gain on each prompt (in logit difference); `clean_pp`, `corrupt_pp` ``[batch]`` the metrics."""
 
     heads: list[Head]
     necessity: torch.Tensor
     sufficiency: torch.Tensor
     clean: float
     corrupt: float
+    noise_pp: torch.Tensor | None = None
+    gain_pp: torch.Tensor | None = None
+    clean_pp: torch.Tensor | None = None
+    corrupt_pp: torch.Tensor | None = None
+    part: torch.Tensor | None = None  # [batch] the sub-task (template) of each prompt, when pooled
 
 
 def noising_denoising(model, task: Task, heads: Sequence[Head], max_rows: int = 96) -> NoiseDenoise:
@@ -449,7 +497,8 @@ def noising_denoising(model, task: Task, heads: Sequence[Head], max_rows: int = 
     gap = noise.clean - denoise.clean
     if abs(gap) < 1e-6:
         raise ValueError("clean and counterfactual give the same metric: nothing to patch")
-    return NoiseDenoise(heads, noise.drop / gap, -denoise.drop / gap, noise.clean, denoise.clean)
+    return NoiseDenoise(heads, noise.drop / gap, -denoise.drop / gap, noise.clean, denoise.clean,
+                        noise.per_prompt, -denoise.per_prompt, noise.clean_per_prompt, denoise.clean_per_prompt)
 
 
 # --------------------------------------------------------------------------------------
@@ -516,12 +565,15 @@ def derangement(n: int, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def scrub(model, task: Task, keep: Sequence[Head], n_random: int = 3, seed: int = 0) -> Scrub:
+def scrub(model, task: Task, keep: Sequence[Head], n_random: int = 3, seed: int = 0, max_rows: int = 80) -> Scrub:
     """Hypothesis: only `keep` matters. Resample every other head from another prompt of the task
-    (a random derangement of the prompts, i.e. other names, other order) and measure what is left."""
+    (a random derangement of the prompts, i.e. other names, other order) and measure what is left.
+    `max_rows`: rows per forward pass (each copy patches almost every head, so every layer runs on every row)."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
     keep = {(int(l), int(h)) for l, h in keep}
     heads = all_heads(model)
-    z = head_outputs(model, task.tokens)
+    z = head_outputs_chunked(model, task.tokens)
     perm = derangement(len(task), seed)
     other = {l: v[perm] for l, v in z.items()}
 
@@ -529,12 +581,14 @@ def scrub(model, task: Task, keep: Sequence[Head], n_random: int = 3, seed: int 
     picks = [{heads[i] for i in rng.choice(len(heads), len(keep), replace=False)} for _ in range(n_random)]
     sets = [[h for h in heads if h not in keep]] + [[h for h in heads if h not in p] for p in picks] + [heads]
     run = copies_runner(model, task.tokens)  # the engine's fastest exact backend, a few copies per pass
-    per = max(1, 160 // len(task) - 1)
+    per = max(1, max_rows // len(task) - 1)
     lds = []
     for i in range(0, len(sets), per):
         logits = run([[Patch(l, h, other[l]) for l, h in s] for s in sets[i:i + per]])
         clean = float(task.metric(logits[0]).mean())
         lds += [float(task.metric(x).mean()) for x in logits[1:]]
+        del logits
+    trim_memory()
     return Scrub(len(keep), clean, lds[0], lds[1:-1], lds[-1])
 
 
@@ -603,5 +657,6 @@ __all__ = [
     "task_sweeps", "control_tokens", "control_values", "Damage", "control_damage", "damage_flags", "resample_head",
     "control_kl", "split_total_effect", "verdict_flips", "SelfRepair", "self_repair", "Pairs", "pair_interactions",
     "NoiseDenoise", "noising_denoising", "probe_layers", "Scrub", "derangement", "scrub",
-    "DamageReport", "damage_report", "top_entropy_rises",
+    "DamageReport", "damage_report", "top_entropy_rises", "kl_entropy",
+    "head_outputs_chunked",
 ]

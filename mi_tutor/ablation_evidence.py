@@ -12,13 +12,15 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .lab.hooks import Head, all_heads, head_label, head_outputs, hook_name
+from .ablation import NoiseDenoise, Pairs, Task, head_outputs_chunked, noising_denoising, pair_interactions, sweep
+from .env import trim_memory
+from .lab.hooks import Head, all_heads, head_label, hook_name
 from .lab.patching import Patch, copies_runner, heads_replaced, patch_hooks
 from .lab.readout import direct_logit_attribution, norm_of
 from .lab.scores import Interval, bootstrap, ranks, spearman
@@ -98,15 +100,22 @@ def successor_swap(prompts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
 
 
 @torch.no_grad()
-def run_chunked(model, tokens: torch.Tensor, copies: Sequence[Sequence[Patch]], max_rows: int = 160) -> torch.Tensor:
+def run_chunked(model, tokens: torch.Tensor, copies: Sequence[Sequence[Patch]], max_rows: int = 80,
+                reduce=None) -> torch.Tensor:
     """Last-position logits ``[1 + n, batch, vocab]`` of the unpatched run and every copy, a few copies per pass
-    (at most `max_rows` rows each, on the engine's fastest exact backend)."""
+    (at most `max_rows` rows each, on the engine's fastest exact backend). `reduce`: applied to each pass's
+    ``[k, batch, vocab]`` logits before they are kept (e.g. a logit difference), so that the full-vocabulary
+    logits of every copy are never held at once."""
     run = copies_runner(model, tokens)
+    keep = reduce or (lambda x: x)
+    if not copies:
+        return keep(run([])[:, :, -1])
     per = max(1, max_rows // tokens.shape[0] - 1)
     out = []
     for i in range(0, len(copies), per):
         x = run(list(copies[i:i + per]))[:, :, -1]
-        out.append(x if not out else x[1:])
+        out.append(keep(x if not out else x[1:]))
+        del x
     return torch.cat(out)
 
 
@@ -164,18 +173,18 @@ def interchange_flip(model, tokens_a: torch.Tensor, tokens_b: torch.Tensor, answ
         raise ValueError(f"A and B prompts must be aligned: {tuple(tokens_a.shape)} vs {tuple(tokens_b.shape)}")
     if not heads:
         raise ValueError("give at least one head to patch")
-    z_b = head_outputs(model, tokens_b)
+    z_b = head_outputs_chunked(model, tokens_b)
     every = all_heads(model)
     rng = np.random.default_rng(seed)
     sets = [heads] + [[every[i] for i in rng.choice(len(every), len(heads), replace=False)] for _ in range(n_random)]
     copies = [[Patch(l, h, z_b[l]) for l, h in s] for s in sets]
     if damage_values is not None:
         copies.append([Patch(l, h, damage_values[l]) for l, h in heads])
-    logits = run_chunked(model, tokens_a, copies)  # [1 + n, batch, vocab]
     rows = torch.arange(tokens_a.shape[0])
-    m = logits[:, rows, answer_a] - logits[:, rows, answer_b]
-    lb = model(tokens_b)[rows, -1]
+    m = run_chunked(model, tokens_a, copies, reduce=lambda x: x[:, rows, answer_a] - x[:, rows, answer_b])  # [1 + n, batch]
+    lb = run_chunked(model, tokens_b, [])[0]  # B's last-position logits, without the full-vocabulary logits of every position
     b = lb[rows, answer_a] - lb[rows, answer_b]
+    trim_memory()
     return Flip(heads, m[0], b, m[1], m[2:2 + n_random], m[-1] if damage_values is not None else None)
 
 
@@ -206,6 +215,8 @@ class FrozenSplit:
     change of the final norm's scale gave back; `other_repair`: what every other head, MLP and
     embedding gave back (read with the clean scale); `per_run_direct`: the older reading, each run with
     its own scale; `by_head`: the other heads' rises (clean scale); `rest`: the summed rise of the MLPs, embeddings and biases.
+    `per_prompt`: the same terms on each prompt ({"total", "direct", "norm", "heads", "rest", "per_run_direct"},
+    each ``[batch]``); `part`: ``[batch]`` the sub-task (template) of each prompt, after `pool_splits`.
     """
 
     heads: list[Head]
@@ -216,10 +227,35 @@ class FrozenSplit:
     per_run_direct: float
     by_head: dict[str, float]
     rest: float
+    per_prompt: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    part: torch.Tensor | None = None
 
     @property
     def compensation(self) -> float:
         return self.direct - self.total
+
+    @property
+    def repaired(self) -> float:
+        """Share of the direct effect that came back (0 = none, 1 = all)."""
+        return self.compensation / self.direct if abs(self.direct) > 1e-9 else float("nan")
+
+    def values(self, what: str) -> torch.Tensor:
+        """Per-prompt values of a term: a key of `per_prompt`, or "compensation" (direct - total)."""
+        pp = self.per_prompt
+        if what == "compensation":
+            return pp["direct"] - pp["total"]
+        if what not in pp:
+            raise ValueError(f"unknown term {what!r}; use 'compensation' or one of {sorted(pp)}")
+        return pp[what]
+
+    def interval(self, what: str, n: int = 1000, seed: int = 0) -> Interval:
+        """Mean of a term over prompts with its bootstrap 95% interval."""
+        return bootstrap(self.values(what), n=n, seed=seed)
+
+    def template_means(self, what: str) -> list[float]:
+        """The term's mean on each sub-task (template), in order."""
+        v, g = self.values(what), self.part if self.part is not None else torch.zeros(len(self.values(what)))
+        return [float(v[g == i].mean()) for i in torch.unique(g).tolist()]
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         return sorted(self.by_head.items(), key=lambda kv: -kv[1])[:k]
@@ -279,7 +315,29 @@ def frozen_split(model, tokens: torch.Tensor, answer: torch.Tensor, wrong: torch
     by_head = {head_label((l, h)): float(rise[l, h]) for l in range(rise.shape[0]) for h in range(rise.shape[1])
                if not mask[l, h]}
     per_run = float(sum(c.heads[h] - a.heads[h] for h in heads))
-    return FrozenSplit(heads, total, direct_f, norm_repair, other, per_run, by_head, other - float(rise[~mask].sum()))
+    pp_direct, pp_total, pp_norm = (hc - ha)[:, mask].sum(-1), ld_c - ld_a, ld_a - ld_a_frozen
+    pp_heads = (ha - hc)[:, ~mask].sum(-1)
+    pp = {"total": pp_total, "direct": pp_direct, "norm": pp_norm, "heads": pp_heads,
+          "rest": pp_direct - pp_total - pp_norm - pp_heads,
+          "per_run_direct": (c.per_prompt_heads - a.per_prompt_heads)[:, mask].sum(-1)}
+    return FrozenSplit(heads, total, direct_f, norm_repair, other, per_run, by_head, other - float(rise[~mask].sum()),
+                       {k: v.detach().float() for k, v in pp.items()})
+
+
+def chunked_dla(model, tokens: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor, max_prompts: int = 8
+                ) -> tuple[torch.Tensor, float]:
+    """`lab.readout.direct_logit_attribution` a few prompts at a time (its caches grow with the batch, ~11 MB per
+    16-token prompt on SmolLM2). Returns each prompt's head table ``[batch, n_layers, n_heads]`` and the mean
+    logit difference over all prompts."""
+    if max_prompts < 1:
+        raise ValueError(f"max_prompts must be at least 1, got {max_prompts}")
+    heads, ld = [], 0.0
+    for i in range(0, len(tokens), max_prompts):
+        r = slice(i, i + max_prompts)
+        d = direct_logit_attribution(model, tokens[r], answer[r], wrong[r])
+        heads.append(d.per_prompt_heads)
+        ld += float(d.logit_diff) * len(tokens[r])
+    return torch.cat(heads), ld / len(tokens)
 
 
 @torch.no_grad()
@@ -291,7 +349,197 @@ def clean_reading(model, tokens, answer, wrong):
     return c, s_c, ld_c
 
 
+# --------------------------------------------------------------------------------------
+# Self-repair, pairs, noising vs denoising on many prompts (pooled over templates, with intervals)
+# --------------------------------------------------------------------------------------
+
+
+def _check_parts(tasks: Sequence[Task], values: Sequence | None = None) -> None:
+    if not tasks:
+        raise ValueError("give at least one Task (one per template)")
+    if values is not None and len(values) != len(tasks):
+        raise ValueError(f"give one set of replacement values per task: {len(values)} for {len(tasks)} tasks")
+
+
+def _part(sizes: Sequence[int]) -> torch.Tensor:
+    return torch.cat([torch.full((int(n),), i) for i, n in enumerate(sizes)])
+
+
+def clean_readings(model, tasks: Sequence[Task]) -> list:
+    """`clean_reading` of every sub-task (one clean pass each; reuse them across heads and cells)."""
+    _check_parts(tasks)
+    return [clean_reading(model, t.tokens, t.answer, t.wrong) for t in tasks]
+
+
+def pooled_dla(readings: Sequence, tasks: Sequence[Task]) -> torch.Tensor:
+    """``[n_layers, n_heads]``: each head's clean direct logit attribution, mean over every prompt of `tasks`."""
+    _check_parts(tasks, readings)
+    return sum(r[0].heads * len(t) for r, t in zip(readings, tasks)) / sum(len(t) for t in tasks)
+
+
+def pool_splits(parts: Sequence[FrozenSplit]) -> FrozenSplit:
+    """One `FrozenSplit` over the prompts of several (same heads, one per template); `part` records the template."""
+    if not parts:
+        raise ValueError("nothing to pool")
+    sizes = [len(p.per_prompt["total"]) for p in parts]
+    w = [n / sum(sizes) for n in sizes]
+    mean = lambda a: float(sum(float(getattr(p, a)) * wi for p, wi in zip(parts, w)))  # noqa: E731
+    by_head = {k: float(sum(p.by_head[k] * wi for p, wi in zip(parts, w))) for k in parts[0].by_head}
+    pp = {k: torch.cat([p.per_prompt[k] for p in parts]) for k in parts[0].per_prompt}
+    return FrozenSplit(parts[0].heads, mean("total"), mean("direct"), mean("norm_repair"), mean("other_repair"),
+                       mean("per_run_direct"), by_head, mean("rest"), pp, _part(sizes))
+
+
+def pooled_splits(model, tasks: Sequence[Task], heads: Sequence[Head], values: Sequence[dict], readings=None
+                  ) -> list[FrozenSplit]:
+    """`frozen_split` of each head (ablated alone, replaced by `values[i]` on `tasks[i]`), pooled over every prompt."""
+    _check_parts(tasks, values)
+    readings = readings or clean_readings(model, tasks)
+    out = [pool_splits([frozen_split(model, t.tokens, t.answer, t.wrong, [h], v, r)
+                        for t, v, r in zip(tasks, values, readings)]) for h in heads]
+    trim_memory()
+    return out
+
+
+def _iv(iv: Interval) -> str:
+    return f"{iv.value:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]"
+
+
+def repair_reading(f: FrozenSplit) -> str:
+    """total = direct - compensation with intervals over prompts (each run read with its own final-norm scale),
+    per-template compensation, and the reading the interval supports."""
+    pp = f.per_prompt
+    comp = pp["per_run_direct"] - pp["total"]
+    t, d, c = f.interval("total"), bootstrap(pp["per_run_direct"]), bootstrap(comp)
+    g = f.part if f.part is not None else torch.zeros(len(comp))
+    per_t = " / ".join(f"{float(comp[g == i].mean()):+.2f}" for i in torch.unique(g).tolist())
+    if c.low > 0 and t.high < 0:
+        verdict = (f"over-repair: the rest of the network gives back more than the direct effect ({c.value:+.2f} of "
+                   f"{d.value:+.2f}), so removing the head RAISES the logit difference")
+    elif c.low > 0:
+        verdict = ("self-repair: the rest of the network gives back " +
+                   (f"{c.value / d.value:.0%} of the direct effect" if d.low > 0 else
+                    f"{c.value:+.2f} (the direct effect itself is uncertain)"))
+    elif c.high < 0:
+        verdict = "the rest of the network makes the damage worse than the head's own term"
+    else:
+        verdict = "uncertain: the compensation's interval crosses zero"
+    return (f"{head_label(f.heads[0]):6s} total {_iv(t)} = direct {_iv(d)} - compensation {_iv(c)} "
+            f"(per template {per_t}) -> {verdict}")
+
+
+def frozen_reading(f: FrozenSplit) -> str:
+    """The frozen-scale split with intervals: compensation = final-norm scale + other heads + MLPs/embeddings."""
+    c, nr, hd, rs = (f.interval(k) for k in ("compensation", "norm", "heads", "rest"))
+    word = lambda iv: "repairs" if iv.low > 0 else "worsens" if iv.high < 0 else "uncertain"  # noqa: E731
+    return (f"{head_label(f.heads[0]):6s} direct {f.direct:+.2f} (per-run scale {f.per_run_direct:+.2f}); compensation "
+            f"{_iv(c)} = final-norm scale {_iv(nr)} ({word(nr)}) + heads {_iv(hd)} ({word(hd)}) + MLPs/embeddings "
+            f"{_iv(rs)} ({word(rs)}) | top heads: {', '.join(f'{n} {v:+.2f}' for n, v in f.top(2))}")
+
+
+def pool_pairs(parts: Sequence[Pairs]) -> Pairs:
+    """One `Pairs` over the prompts of several (same heads, one per template)."""
+    if not parts or any(p.single_pp is None for p in parts):
+        raise ValueError("pool Pairs that carry per-prompt drops (ablation.pair_interactions)")
+    s, pp = torch.cat([p.single_pp for p in parts], -1), torch.cat([p.pair_pp for p in parts], -1)
+    return Pairs(parts[0].heads, s.mean(-1), pp.mean(-1), s, pp, _part([p.single_pp.shape[-1] for p in parts]))
+
+
+def pooled_pairs(model, tasks: Sequence[Task], heads: Sequence[Head], values: Sequence[dict], max_rows: int = 64) -> Pairs:
+    """`ablation.pair_interactions` on every sub-task (its own replacement values), pooled over all prompts."""
+    _check_parts(tasks, values)
+    out = pool_pairs([pair_interactions(model, t, heads, v, max_rows=max_rows) for t, v in zip(tasks, values)])
+    trim_memory()
+    return out
+
+
+def pair_intervals(pairs: Pairs, a: Head, b: Head, n: int = 1000, seed: int = 0) -> dict:
+    """Bootstrap intervals over prompts of the single drops of `a` and `b` and of their interaction, and the
+    interaction's mean on each template."""
+    if pairs.single_pp is None:
+        raise ValueError("these Pairs have no per-prompt drops")
+    i, j = pairs.heads.index(tuple(a)), pairs.heads.index(tuple(b))
+    inter = pairs.pair_pp[i, j] - pairs.single_pp[i] - pairs.single_pp[j]
+    g = pairs.part if pairs.part is not None else torch.zeros(len(inter))
+    return {"a": bootstrap(pairs.single_pp[i], n=n, seed=seed), "b": bootstrap(pairs.single_pp[j], n=n, seed=seed),
+            "interaction": bootstrap(inter, n=n, seed=seed),
+            "per_template": [float(inter[g == k].mean()) for k in torch.unique(g).tolist()]}
+
+
+def pool_noising(parts: Sequence[NoiseDenoise]) -> NoiseDenoise:
+    """One `NoiseDenoise` over the prompts of several; shares are ratios of means over all prompts."""
+    if not parts or any(p.noise_pp is None for p in parts):
+        raise ValueError("pool NoiseDenoise results that carry per-prompt values (ablation.noising_denoising)")
+    noise, gain = torch.cat([p.noise_pp for p in parts], -1), torch.cat([p.gain_pp for p in parts], -1)
+    clean, corrupt = torch.cat([p.clean_pp for p in parts]), torch.cat([p.corrupt_pp for p in parts])
+    gap = float((clean - corrupt).mean())
+    return NoiseDenoise(parts[0].heads, noise.mean(-1) / gap, gain.mean(-1) / gap, float(clean.mean()), float(corrupt.mean()),
+                        noise, gain, clean, corrupt, _part([len(p.clean_pp) for p in parts]))
+
+
+def pooled_noising(model, tasks: Sequence[Task], heads: Sequence[Head], max_rows: int = 64, evidence=None) -> NoiseDenoise:
+    """`ablation.noising_denoising` on every sub-task, pooled over all prompts.
+
+    `evidence`: the all-heads sweep of the same `tasks` (`ablation_screen.task_evidence`). Its exact resample drops
+    ARE the noising drops (the same counterfactual outputs patched into the clean run), so they are read from it
+    (measured first where missing) and only denoising is run."""
+    _check_parts(tasks)
+    if evidence is None:
+        return pool_noising([noising_denoising(model, t, heads, max_rows=max_rows) for t in tasks])
+    if len(evidence) != sum(len(t) for t in tasks):
+        raise ValueError(f"the evidence has {len(evidence)} prompts, the tasks {sum(len(t) for t in tasks)}: "
+                         "pass the evidence of these tasks")
+    heads = [(int(l), int(h)) for l, h in heads]
+    evidence.ensure_exact(model, heads, kinds=["resample"])
+    noise = torch.stack([evidence.exact["resample"][:, l, h] for l, h in heads])
+    parts, start = [], 0
+    for t in tasks:
+        den = sweep(model, t.counterfactual, head_outputs_chunked(model, t.tokens), t.metric, heads, max_rows)
+        rows = slice(start, start + len(t))
+        clean = evidence.clean[rows]
+        gap = float((clean - den.clean_per_prompt).mean())
+        parts.append(NoiseDenoise(heads, noise[:, rows].mean(-1) / gap, -den.drop / gap, float(clean.mean()), den.clean,
+                                  noise[:, rows], -den.per_prompt, clean, den.clean_per_prompt))
+        start += len(t)
+    trim_memory()
+    return pool_noising(parts)
+
+
+def noising_intervals(nd: NoiseDenoise, head: Head, n: int = 1000, seed: int = 0) -> dict:
+    """Necessity, sufficiency and their difference for `head`, each a ratio of means over prompts with its bootstrap
+    interval; and per template (necessity, sufficiency)."""
+    if nd.noise_pp is None:
+        raise ValueError("this NoiseDenoise has no per-prompt values")
+    i = nd.heads.index(tuple(head))
+    x = torch.stack([nd.noise_pp[i], nd.gain_pp[i], nd.clean_pp - nd.corrupt_pp], 1)
+    ratio = lambda col: (lambda t: float(t[:, col].mean() / t[:, 2].mean()))  # noqa: E731
+    g = nd.part if nd.part is not None else torch.zeros(len(x))
+    per = [(ratio(0)(x[g == k]), ratio(1)(x[g == k])) for k in torch.unique(g).tolist()]
+    return {"necessity": bootstrap(x, ratio(0), n=n, seed=seed), "sufficiency": bootstrap(x, ratio(1), n=n, seed=seed),
+            "difference": bootstrap(x, lambda t: float((t[:, 0].mean() - t[:, 1].mean()) / t[:, 2].mean()), n=n, seed=seed),
+            "per_template": per}
+
+
+def noising_reading(nd: NoiseDenoise, head: Head) -> str:
+    """One head's necessity and sufficiency with intervals, labelled only where the intervals allow it."""
+    iv = noising_intervals(nd, head)
+    nec, suf, dif = iv["necessity"], iv["sufficiency"], iv["difference"]
+    if nec.high < 0 and suf.high < 0:
+        kind = "works against the answer both ways (a negative head)"
+    elif dif.low > 0:
+        kind = "necessary, not sufficient" if nec.low > 0 and suf.low <= 0 else "more necessary than sufficient"
+    elif dif.high < 0:
+        kind = "sufficient, not necessary" if suf.low > 0 and nec.low <= 0 else "more sufficient than necessary"
+    else:
+        kind = "uncertain: the interval of necessity - sufficiency crosses zero"
+    per = "; ".join(f"{a:+.2f}/{b:+.2f}" for a, b in iv["per_template"])
+    return (f"{head_label(tuple(head)):6s} necessity {_iv(nec)}  sufficiency {_iv(suf)} (per template {per}) -> {kind}")
+
+
 __all__ = [
+    "clean_readings", "pooled_dla", "pool_splits", "pooled_splits", "repair_reading", "frozen_reading", "pool_pairs",
+    "pooled_pairs", "pair_intervals", "pool_noising", "pooled_noising", "noising_intervals", "noising_reading",
     "per_prompt_table", "rank_interval", "spearman_interval", "share_interval", "swap_io_s", "successor_swap",
-    "run_chunked", "Flip", "interchange_flip", "frozen_direct_effect", "FrozenSplit", "frozen_split", "clean_reading",
+    "run_chunked", "chunked_dla", "Flip", "interchange_flip", "frozen_direct_effect", "FrozenSplit", "frozen_split",
+    "clean_reading",
 ]

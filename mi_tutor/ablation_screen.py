@@ -25,25 +25,40 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .ablation import Sweep, Task, task_values
-from .lab.hooks import Head, all_heads, head_outputs, top_heads
+from .ablation import Sweep, Task, head_outputs_chunked, kl_entropy, task_values
+from .env import trim_memory
+from .lab.hooks import Head, all_heads, top_heads
 from .lab.patching import KINDS, Patch, copies_runner, head_output_grads
-from .lab.readout import entropy, kl_div
 from .lab.scores import Interval, bootstrap, ranks, spearman
 
 
-def attribution_drops(model, task: Task, values: dict[str, dict[int, torch.Tensor]]):
+def attribution_drops(model, task: Task, values: dict[str, dict[int, torch.Tensor]], max_tokens: int = 64):
     """First-order estimate of each head's drop under each ablation, per prompt: {kind: [batch, n_layers, n_heads]}.
 
-    One forward and one backward pass on `task.tokens`; ``drop ~= -sum_{pos, d} (v - z) * d metric / d z``
-    for the replacement values `values[kind]` (``{layer: [batch, pos, head, d_head]}``, e.g. `task_values`).
+    One forward and one backward pass on `task.tokens` per chunk of prompts (at most `max_tokens` tokens per chunk:
+    the backward pass holds every layer's activations, ~30 MB per 16-token prompt on SmolLM2);
+    ``drop ~= -sum_{pos, d} (v - z) * d metric / d z`` for the replacement values `values[kind]`
+    (``{layer: [batch, pos, head, d_head]}``, e.g. `task_values`).
     Returns (estimates, the clean metric ``[batch]``, {kind: ``[n_layers, n_heads]``} how far each head's
     replacement moves its output relative to the output's size: where a linear estimate is least safe).
     """
     if not values:
         raise ValueError("give at least one kind of replacement values")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     n_layers = model.cfg.n_layers
-    z, grad, m = head_output_grads(model, task.tokens, task.metric)
+    per = max(1, max_tokens // task.tokens.shape[1])
+    zs, grads, ms = [], [], []
+    for i in range(0, len(task), per):
+        rows = slice(i, i + per)
+        sub = Task(task.name, task.tokens[rows], task.counterfactual[rows], task.answer[rows], task.wrong[rows])
+        z, grad, m = head_output_grads(model, sub.tokens, sub.metric)
+        zs.append(z)
+        grads.append(grad)
+        ms.append(m)
+    z = {l: torch.cat([c[l] for c in zs]) for l in range(n_layers)}
+    grad = {l: torch.cat([c[l] for c in grads]) for l in range(n_layers)}
+    m = torch.cat(ms)
     out, far = {}, {}
     for kind, vals in values.items():
         est, dist = [], []
@@ -61,7 +76,7 @@ def task_values_shared(model, task: Task, kinds: Sequence[str]) -> dict[str, dic
                                            and bool((task.mean_reference == task.counterfactual).all()))
     out: dict[str, dict[int, torch.Tensor]] = {}
     if same and "mean" in kinds and "resample" in kinds:
-        ref = head_outputs(model, task.counterfactual)
+        ref = head_outputs_chunked(model, task.counterfactual)
         out["resample"] = ref
         out["mean"] = {l: z.mean(0, keepdim=True).expand_as(z).clone() for l, z in ref.items()}
     for k in kinds:
@@ -93,8 +108,7 @@ class TaskEvidence:
     random_heads: list[Head]
     _tasks: list = field(default_factory=list, repr=False)
     _values: list = field(default_factory=list, repr=False)
-    _max_rows: int = 320
-    _runners: list = field(default_factory=list, repr=False)
+    _max_rows: int = 128
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
@@ -113,6 +127,12 @@ class TaskEvidence:
     def per_prompt(self, kind: str) -> torch.Tensor:
         """``[batch, L, H]``: the exact drop where measured, the screen's estimate elsewhere."""
         return torch.where(self.measured(kind)[None], self.exact[kind], self.screen[kind])
+
+    def replacement_values(self, kind: str) -> list[dict[int, torch.Tensor]]:
+        """The replacement values of `kind` the sweep used, one ``{layer: z}`` per sub-task (reuse them elsewhere)."""
+        if kind not in self.kinds:
+            raise ValueError(f"this evidence has no {kind!r} values; it has {self.kinds}")
+        return [v[kind] for v in self._values]
 
     def table(self, kind: str) -> torch.Tensor:
         """``[L, H]`` mean drop over prompts (exact where measured)."""
@@ -192,7 +212,7 @@ def all_heads_of(shape: tuple[int, int]) -> list[Head]:
 
 
 def task_evidence(model, name: str, tasks: Sequence[Task], kinds: Sequence[str] = KINDS, k_exact: int = 6,
-                  k_far: int = 1, n_random: int = 10, seed: int = 0, rounds: int = 3, max_rows: int = 320) -> TaskEvidence:
+                  k_far: int = 1, n_random: int = 10, seed: int = 0, rounds: int = 3, max_rows: int = 128) -> TaskEvidence:
     """Screen every head of `tasks` (sub-tasks of one task, e.g. one per IOI template) by attribution under
     each ablation and measure exactly, on every prompt, the heads listed in the module docstring.
 
@@ -207,6 +227,7 @@ def task_evidence(model, name: str, tasks: Sequence[Task], kinds: Sequence[str] 
     L, H = model.cfg.n_layers, model.cfg.n_heads
     vals = [task_values_shared(model, t, kinds) for t in tasks]
     runs = [attribution_drops(model, t, v) for t, v in zip(tasks, vals)]
+    trim_memory()  # the backward passes' activations are freed: give the heap back before the exact sweeps
     screen = {k: torch.cat([r[0][k] for r in runs]) for k in kinds}
     clean = torch.cat([r[1] for r in runs])
     far = {k: sum(r[2][k] for r in runs) for k in kinds}
@@ -227,6 +248,7 @@ def task_evidence(model, name: str, tasks: Sequence[Task], kinds: Sequence[str] 
         if not new:
             break
         _measure(model, tasks, vals, ev, new, max_rows)
+        trim_memory()
         want = {h for k in kinds for h in top_heads(ev.table(k), k_exact)}
     return ev
 
@@ -234,26 +256,24 @@ def task_evidence(model, name: str, tasks: Sequence[Task], kinds: Sequence[str] 
 def _measure(model, tasks: Sequence[Task], vals, ev: TaskEvidence, heads: list[Head], max_rows: int,
              kinds: Sequence[str] | None = None) -> None:
     """Exact drops (per prompt), task KL and entropy change of `heads` under `kinds` (default all), written into
-    `ev`. One engine (and one clean run) per sub-task, shared by every kind and every call."""
+    `ev`. One engine (and one clean run) per sub-task, shared by every kind of this call and freed after it."""
     n = sum(len(t) for t in tasks)
-    if len(ev._runners) != len(tasks):
-        ev._runners = [copies_runner(model, t.tokens) for t in tasks]
+    runners = [copies_runner(model, t.tokens) for t in tasks]  # not kept: each holds a clean run's activations
     for k in (kinds or ev.kinds):
         start = 0
         kl_sum = torch.zeros(len(heads))
         ent_sum = torch.zeros(len(heads))
-        for t, v, run in zip(tasks, vals, ev._runners):
+        for t, v, run in zip(tasks, vals, runners):
             per = max(1, max_rows // len(t) - 1)
             for i in range(0, len(heads), per):
                 chunk = heads[i:i + per]
                 logits = run([[Patch(l, h, v[k][l])] for l, h in chunk])
-                last = logits[:, :, -1]  # [1 + n, batch, vocab]
                 mp = torch.stack([t.metric(x).float() for x in logits])  # [1 + n, batch]
-                e = entropy(last).mean(-1)
                 for j, (l, h) in enumerate(chunk):
                     ev.exact[k][start:start + len(t), l, h] = mp[0] - mp[1 + j]
-                kl_sum[i:i + len(chunk)] += kl_div(last[:1], last[1:]).mean(-1) * len(t)
-                ent_sum[i:i + len(chunk)] += (e[1:] - e[0]) * len(t)
+                kl, ent = kl_entropy(logits[:, :, -1])  # [1 + n, batch, vocab] -> [n]
+                kl_sum[i:i + len(chunk)] += kl * len(t)
+                ent_sum[i:i + len(chunk)] += ent * len(t)
             start += len(t)
         for i, h in enumerate(heads):
             ev.kl[k][h] = kl_sum[i] / n

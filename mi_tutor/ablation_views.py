@@ -286,28 +286,44 @@ def pair_reading(pairs, single_rank, n: int, k: int = 3, tol: float = 0.05) -> l
     """The `k` pairs with the largest interaction, each labelled from its numbers: OR-like backup (both alone
     help, together much more) or a negative head (its own ablation RAISES the metric) whose effect
     depends on what the other head writes (copy suppression, McDougall et al. 2023, arXiv 2310.04625).
-    `single_rank`: a ``[L, H]`` table of ranks or a function head -> rank (an int or an `Interval`);
-    single drops within `tol` of zero count as neither helping nor negative."""
+    `single_rank`: a ``[L, H]`` table of ranks or a function head -> rank (an int or an `Interval`).
+    With per-prompt drops (pooled `Pairs`), a head helps or is negative only if its interval excludes zero, and an
+    interaction whose interval crosses zero is called uncertain; without them, drops within `tol` of zero count
+    as neither."""
+    from .ablation_evidence import pair_intervals
+
     rank_of = single_rank if callable(single_rank) else (lambda h: int(single_rank[h]))
     out = []
     for a, b, inter in pairs.strongest(k):
         ia, ib = pairs.heads.index(a), pairs.heads.index(b)
         sa, sb, sab = float(pairs.single[ia]), float(pairs.single[ib]), float(pairs.pair[ia, ib])
-        neg = [head_label(h) for h, v in ((a, sa), (b, sb)) if v < -tol]
-        if len(neg) == 2:
+        iv = pair_intervals(pairs, a, b) if pairs.single_pp is not None else None
+        if iv:
+            sign = {x: -1 if iv[x].high < 0 else 1 if iv[x].low > 0 else 0 for x in ("a", "b")}
+        else:
+            sign = {x: -1 if v < -tol else 1 if v > tol else 0 for x, v in (("a", sa), ("b", sb))}
+        neg = [head_label(h) for h, x in ((a, "a"), (b, "b")) if sign[x] < 0]
+        if iv and iv["interaction"].low <= 0:
+            label = "uncertain: the interaction's interval crosses zero"
+        elif len(neg) == 2:
             label = ("not a backup of helpers: ablating either head alone RAISES the logit difference (two negative "
                      "heads); together they raise it less than the sum, so their suppression overlaps")
         elif neg:
             other = head_label(b) if neg[0] == head_label(a) else head_label(a)
             label = (f"not a backup: ablating {neg[0]} alone RAISES the logit difference ({neg[0]} is a negative head); "
                      f"its suppression depends on what {other} writes")
-        elif sa > tol and sb > tol and inter > 0:
+        elif sign["a"] > 0 and sign["b"] > 0 and inter > 0:
             label = "OR-like: each alone helps, together they matter more than the sum"
         else:
             label = "interaction without a clear backup pattern"
-        out.append(f"{head_label(a)} + {head_label(b)}: alone {sa:+.2f} and {sb:+.2f}, together {sab:+.2f} "
-                   f"(interaction {inter:+.2f}); single-ablation ranks {_rank_text(rank_of(a))} and {_rank_text(rank_of(b))} "
-                   f"of {n} -> {label}")
+        if iv:
+            ci = lambda x: f"[{x.low:+.2f}, {x.high:+.2f}]"  # noqa: E731
+            nums = (f"alone {sa:+.2f} {ci(iv['a'])} and {sb:+.2f} {ci(iv['b'])}, together {sab:+.2f} (interaction "
+                    f"{inter:+.2f} {ci(iv['interaction'])}; per template {' / '.join(f'{v:+.2f}' for v in iv['per_template'])})")
+        else:
+            nums = f"alone {sa:+.2f} and {sb:+.2f}, together {sab:+.2f} (interaction {inter:+.2f})"
+        out.append(f"{head_label(a)} + {head_label(b)}: {nums}; single-ablation ranks {_rank_text(rank_of(a))} and "
+                   f"{_rank_text(rank_of(b))} of {n} -> {label}")
     return out
 
 
@@ -585,7 +601,10 @@ class Findings:
                        "the interchange flip and the control KL, not the entropy, separate damage from mechanism")
         if self.frozen:
             best = max(self.frozen, key=lambda f: f.compensation)
-            out.append(f"5. self-repair: {head_label(best.heads[0])} compensation {best.compensation:+.2f} of direct "
+            c = best.interval("compensation") if best.per_prompt else None
+            ci = (f" [{c.low:+.2f}, {c.high:+.2f}] over {len(best.per_prompt['total'])} prompts"
+                  + ("" if c.low > 0 else ", uncertain") if c else "")
+            out.append(f"5. self-repair: {head_label(best.heads[0])} compensation {best.compensation:+.2f}{ci} of direct "
                        f"{best.direct:+.2f} = final-norm scale {best.norm_repair:+.2f} + other components "
                        f"{best.other_repair:+.2f}; complement resampling keeps {sc.kept:.0%}")
         return out

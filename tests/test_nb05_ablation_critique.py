@@ -188,6 +188,11 @@ def test_probe_finds_a_planted_direction_and_not_noise():
 def test_scrub_keeping_every_head_keeps_everything(toy, task):
     s = A.scrub(toy, task, hooks.all_heads(toy), n_random=1)
     assert s.kept == pytest.approx(1.0, abs=1e-5)
+    few = A.scrub(toy, task, [(0, 1)], n_random=3, max_rows=4)   # one copy per pass: the same numbers
+    many = A.scrub(toy, task, [(0, 1)], n_random=3, max_rows=64)
+    assert few.scrubbed == pytest.approx(many.scrubbed, abs=1e-5) and few.random_kept == pytest.approx(many.random_kept, abs=1e-5)
+    with pytest.raises(ValueError, match="max_rows must be at least 1"):
+        A.scrub(toy, task, [(0, 1)], max_rows=0)
     d = A.derangement(5, seed=3)
     assert sorted(d.tolist()) == list(range(5)) and not (d == torch.arange(5)).any()
     with pytest.raises(ValueError):
@@ -339,3 +344,127 @@ def test_readings_branch_on_the_values():
     good = A.Scrub(20, 4.0, 4.1, [1.0] * 20, 1.0)
     assert "passes" in views.scrub_reading(good)
     assert "inconclusive" in views.scrub_reading(A.Scrub(20, 4.0, 4.1, [4.2] * 20, 1.0))
+
+
+# ---- sections 4-5 on many prompts: pooled over templates, with intervals ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_tasks(toy):
+    """Two sub-tasks of different lengths (like two IOI templates)."""
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for n, pos in ((3, 6), (4, 7)):
+        out.append(A.Task("toy", torch.randint(1, 40, (n, pos), generator=g), torch.randint(1, 40, (n, pos), generator=g),
+                          torch.randint(1, 40, (n,), generator=g), torch.randint(1, 40, (n,), generator=g)))
+    return out
+
+
+@torch.no_grad()
+def test_pooled_splits_are_exact_per_prompt_and_pool_the_templates(toy, two_tasks):
+    values = [A.task_values(toy, t, "resample") for t in two_tasks]
+    h = (1, 2)
+    (f,) = EV.pooled_splits(toy, two_tasks, [h], values)
+    pp = f.per_prompt
+    assert pp["total"].shape == (7,) and f.part.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    assert torch.allclose(pp["total"], pp["direct"] - pp["norm"] - pp["heads"] - pp["rest"], atol=1e-5)
+    # the pooled total is the mean over all 7 prompts of the hand-patched drop
+    per = [_clean(toy, t) - _metric_with(toy, t, [h], v) for t, v in zip(two_tasks, values)]
+    assert f.total == pytest.approx((3 * per[0] + 4 * per[1]) / 7, abs=1e-4)
+    assert f.template_means("total") == pytest.approx(per, abs=1e-4)
+    assert f.compensation == pytest.approx(float(f.values("compensation").mean()), abs=1e-5)
+    iv = f.interval("compensation", n=100)
+    assert iv.low <= iv.value <= iv.high
+    assert "total" in EV.repair_reading(f) and "final-norm scale" in EV.frozen_reading(f)
+    with pytest.raises(ValueError, match="unknown term"):
+        f.values("bogus")
+    with pytest.raises(ValueError, match="one set of replacement values per task"):
+        EV.pooled_splits(toy, two_tasks, [h], values[:1])
+
+
+@torch.no_grad()
+def test_pooled_pairs_and_noising_match_one_template_at_a_time(toy, two_tasks):
+    heads = [(0, 1), (1, 2), (1, 3)]
+    values = [A.task_values(toy, t, "zero") for t in two_tasks]
+    p = EV.pooled_pairs(toy, two_tasks, heads, values, max_rows=8)
+    assert p.single_pp.shape == (3, 7) and p.pair_pp.shape == (3, 3, 7)
+    ab = _clean(toy, two_tasks[1]) - _metric_with(toy, two_tasks[1], heads[:2], values[1])
+    assert float(p.pair_pp[0, 1, 3:].mean()) == pytest.approx(ab, abs=1e-4)
+    iv = EV.pair_intervals(p, heads[0], heads[1], n=100)
+    inter = p.pair_pp[0, 1] - p.single_pp[0] - p.single_pp[1]
+    assert iv["interaction"].value == pytest.approx(float(inter.mean()), abs=1e-5)
+    assert iv["per_template"] == pytest.approx([float(inter[:3].mean()), float(inter[3:].mean())], abs=1e-5)
+    lines = views.pair_reading(p, lambda h: 1, 8, k=2)
+    assert len(lines) == 2 and all("per template" in x for x in lines)
+    nd = EV.pooled_noising(toy, two_tasks, heads, max_rows=8)
+    one = A.noising_denoising(toy, two_tasks[0], heads, max_rows=8)
+    assert torch.allclose(nd.noise_pp[:, :3], one.noise_pp, atol=1e-5)
+    gap = float((nd.clean_pp - nd.corrupt_pp).mean())
+    assert torch.allclose(nd.necessity, nd.noise_pp.mean(-1) / gap, atol=1e-5)
+    niv = EV.noising_intervals(nd, heads[1], n=100)
+    assert niv["necessity"].value == pytest.approx(float(nd.necessity[1]), abs=1e-5)
+    assert len(niv["per_template"]) == 2
+    assert "necessity" in EV.noising_reading(nd, heads[1])
+    with pytest.raises(ValueError, match="per-prompt"):
+        EV.pool_pairs([A.Pairs(heads, p.single, p.pair)])
+
+
+def test_readings_say_uncertain_when_the_interval_crosses_zero():
+    heads = [(1, 0), (2, 0)]
+    noisy = torch.tensor([[1.0, -1.0, 1.2, -0.9], [0.5, 0.4, 0.6, 0.5]])  # head 0: mean ~0, crosses zero
+    pair_pp = torch.full((2, 2, 4), float("nan"))
+    pair_pp[0, 1] = pair_pp[1, 0] = noisy[0] + noisy[1] + torch.tensor([1.0, -1.0, 1.0, -0.8])
+    p = A.Pairs(heads, noisy.mean(-1), pair_pp.mean(-1), noisy, pair_pp, torch.tensor([0, 0, 1, 1]))
+    assert "uncertain" in views.pair_reading(p, lambda h: 1, 12, k=1)[0]
+    nd = A.NoiseDenoise(heads, torch.zeros(2), torch.zeros(2), 2.0, 0.0, noisy, noisy.flip(-1),
+                        torch.full((4,), 2.0), torch.zeros(4), torch.tensor([0, 0, 1, 1]))
+    assert "uncertain" in EV.noising_reading(nd, heads[0])
+    with pytest.raises(ValueError, match="no 'bogus' values"):
+        from mi_tutor.ablation_screen import TaskEvidence
+        TaskEvidence("x", ("zero",), torch.zeros(2), torch.zeros(2), {}, {}, {}, {}, []).replacement_values("bogus")
+
+
+def test_kl_entropy_one_copy_at_a_time_equals_the_whole_stack():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 3, 2, 11, generator=g)
+    kl, ent = A.kl_entropy(logits)
+    assert torch.allclose(kl, readout.kl_div(logits[:1], logits[1:]).mean((1, 2)), atol=1e-6)
+    e = readout.entropy(logits).mean((1, 2))
+    assert torch.allclose(ent, e[1:] - e[0], atol=1e-6)
+    assert A.kl_entropy(logits[:1])[0].shape == (0,)
+
+
+@torch.no_grad()
+def test_noising_read_from_the_sweep_equals_running_it(toy, two_tasks):
+    from mi_tutor.ablation_screen import task_evidence
+
+    heads = [(0, 1), (1, 2)]
+    evid = task_evidence(toy, "toy", two_tasks, k_exact=1, n_random=1, max_rows=16)
+    fast = EV.pooled_noising(toy, two_tasks, heads, max_rows=8, evidence=evid)
+    ref = EV.pooled_noising(toy, two_tasks, heads, max_rows=8)
+    for a in ("necessity", "sufficiency", "noise_pp", "gain_pp", "clean_pp", "corrupt_pp"):
+        assert torch.allclose(getattr(fast, a), getattr(ref, a), atol=1e-4), a
+    with pytest.raises(ValueError, match="pass the evidence of these tasks"):
+        EV.pooled_noising(toy, two_tasks[:1], heads, evidence=evid)
+
+
+def test_chunked_dla_equals_one_pass(toy, two_tasks):
+    t = two_tasks[1]
+    heads, ld = EV.chunked_dla(toy, t.tokens, t.answer, t.wrong, max_prompts=3)
+    ref = readout.direct_logit_attribution(toy, t.tokens, t.answer, t.wrong)
+    assert torch.allclose(heads, ref.per_prompt_heads, atol=1e-5) and ld == pytest.approx(float(ref.logit_diff), abs=1e-5)
+    with pytest.raises(ValueError, match="max_prompts must be at least 1"):
+        EV.chunked_dla(toy, t.tokens, t.answer, t.wrong, max_prompts=0)
+
+
+def test_task_values_read_in_chunks_equal_the_engine_and_bad_chunks_are_refused(toy, task):
+    from mi_tutor.lab.patching import ablation_values
+
+    for kind in ("mean", "resample"):
+        ref = ablation_values(toy, task.tokens, kind, reference_tokens=task.counterfactual)
+        got = A.task_values(toy, task, kind)
+        assert all(torch.allclose(got[l], ref[l], atol=1e-5) for l in ref), kind
+    z = A.head_outputs_chunked(toy, task.tokens, max_prompts=1)
+    assert all(torch.allclose(z[l], head_outputs(toy, task.tokens)[l], atol=1e-5) for l in z)
+    with pytest.raises(ValueError, match="max_prompts must be at least 1"):
+        A.head_outputs_chunked(toy, task.tokens, max_prompts=0)

@@ -34,6 +34,17 @@ def test_resample_screen_is_attribution_patching(toy):
     assert far["zero"].shape == (3, 4) and torch.allclose(far["zero"], torch.ones(3, 4))  # zero moves z by its own size
 
 
+def test_screen_in_chunks_of_prompts_equals_one_pass(toy):
+    task = _task(4, batch=5)
+    vals = S.task_values_shared(toy, task, A.KINDS)
+    whole, clean, far = S.attribution_drops(toy, task, vals, max_tokens=1000)
+    parts, clean2, far2 = S.attribution_drops(toy, task, vals, max_tokens=12)  # 2 prompts of 6 tokens per pass
+    assert all(torch.allclose(whole[k], parts[k], atol=1e-6) for k in A.KINDS)
+    assert torch.allclose(clean, clean2) and all(torch.allclose(far[k], far2[k]) for k in A.KINDS)
+    with pytest.raises(ValueError, match="max_tokens must be at least 1"):
+        S.attribution_drops(toy, task, vals, max_tokens=0)
+
+
 def test_shared_values_equal_task_values(toy):
     task = _task(1)
     shared = S.task_values_shared(toy, task, A.KINDS)

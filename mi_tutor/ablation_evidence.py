@@ -401,8 +401,23 @@ def pooled_splits(model, tasks: Sequence[Task], heads: Sequence[Head], values: S
     return out
 
 
+#: Below this, a logit-difference term prints as +0.00 and reads as nothing: float noise (e.g. the heads after
+#: a last-layer head, which do not exist) must not print a sign or a ranking that another CPU would flip.
+NOISE = 0.005
+
+
+def _f(x: float) -> str:
+    return f"{0.0 if abs(x) < NOISE else x:+.2f}"
+
+
 def _iv(iv: Interval) -> str:
-    return f"{iv.value:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]"
+    return f"{_f(iv.value)} [{_f(iv.low)}, {_f(iv.high)}]"
+
+
+def _word(iv: Interval) -> str:
+    if max(abs(iv.low), abs(iv.high)) < NOISE:
+        return "nothing"
+    return "repairs" if iv.low > 0 else "worsens" if iv.high < 0 else "uncertain"
 
 
 def repair_reading(f: FrozenSplit) -> str:
@@ -431,10 +446,10 @@ def repair_reading(f: FrozenSplit) -> str:
 def frozen_reading(f: FrozenSplit) -> str:
     """The frozen-scale split with intervals: compensation = final-norm scale + other heads + MLPs/embeddings."""
     c, nr, hd, rs = (f.interval(k) for k in ("compensation", "norm", "heads", "rest"))
-    word = lambda iv: "repairs" if iv.low > 0 else "worsens" if iv.high < 0 else "uncertain"  # noqa: E731
-    return (f"{head_label(f.heads[0]):6s} direct {f.direct:+.2f} (per-run scale {f.per_run_direct:+.2f}); compensation "
-            f"{_iv(c)} = final-norm scale {_iv(nr)} ({word(nr)}) + heads {_iv(hd)} ({word(hd)}) + MLPs/embeddings "
-            f"{_iv(rs)} ({word(rs)}) | top heads: {', '.join(f'{n} {v:+.2f}' for n, v in f.top(2))}")
+    top = ", ".join(f"{n} {_f(v)}" for n, v in f.top(2) if abs(v) >= NOISE) or f"none above {NOISE}"
+    return (f"{head_label(f.heads[0]):6s} direct {_f(f.direct)} (per-run scale {_f(f.per_run_direct)}); compensation "
+            f"{_iv(c)} = final-norm scale {_iv(nr)} ({_word(nr)}) + heads {_iv(hd)} ({_word(hd)}) + MLPs/embeddings "
+            f"{_iv(rs)} ({_word(rs)}) | top heads: {top}")
 
 
 def pool_pairs(parts: Sequence[Pairs]) -> Pairs:

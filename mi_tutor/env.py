@@ -44,6 +44,13 @@ STRICT_ENV = "MI_TUTOR_STRICT"
 #: the same numbers on every one of them (ARM machines run other kernels and may differ).
 KERNELS_ENV, KERNELS = "ATEN_CPU_CAPABILITY", "avx2"
 
+#: The same for Intel MKL, which does torch's matrix products and linear algebra on x86 and
+#: picks its own code path per CPU: with ATen pinned but MKL free, an AVX-512 Xeon named
+#: another head in notebook 02 (L1H0 for L1H1) and grokked notebook 01 ten steps earlier
+#: than the machine the outputs were made on (measured). MKL's conditional numerical
+#: reproducibility mode on its AVX2 branch gives the same results on every CPU with AVX2.
+MKL_ENV, MKL_KERNELS = "MKL_CBWR", "AVX2"
+
 
 def _x86() -> bool:
     import platform
@@ -52,10 +59,12 @@ def _x86() -> bool:
 
 
 def pin_cpu_kernels() -> None:
-    """Ask torch for its AVX2 kernels on x86 (see `KERNELS`), unless the user chose a kernel
-    set. Effective only before torch runs its first operation; `import mi_tutor` does it."""
+    """Ask torch and MKL for their AVX2 kernels on x86 (see `KERNELS`, `MKL_KERNELS`), unless the
+    user chose a kernel set. Effective only before torch runs its first operation; `import
+    mi_tutor` does it."""
     if _x86():
         os.environ.setdefault(KERNELS_ENV, KERNELS)
+        os.environ.setdefault(MKL_ENV, MKL_KERNELS)
 
 
 def cpu_kernels_note() -> str | None:
@@ -299,7 +308,7 @@ def setup(seed: int = 0, *, threads: int | None = 1, quiet: bool = False) -> Env
         seed: seed for Python, NumPy and torch.
         threads: torch CPU threads (default 1; None keeps torch's default). One thread makes
             every number identical on every machine: torch's results depend on the thread
-            count (measured: notebook 06's seeded toy reaches 0.89 "add" accuracy on one
+            count (measured once: notebook 06's seeded toy reached 0.89 "add" accuracy on one
             thread, 1.0 on two; SmolLM2's batched all-heads patching differs by up to 3e-5
             in 261 of 270 head effects, while a plain 18-prompt forward pass matches bitwise;
             ``mi-tutor bench`` records this). It is also faster for the course's small models,

@@ -141,12 +141,12 @@ def succession_component(template_corr: np.ndarray, null: np.ndarray) -> tuple[i
     ok = [k for k in range(len(succ)) if succ[k] > null.max() and succ[k] >= template_corr[k].max()]
     if ok:
         k = max(ok, key=lambda i: succ[i])
-        return k, p, f"component #{k}: succession {succ[k]:.2f} beats the null (max {null.max():.2f}) and is its largest template"
+        return k, p, f"component #{k}: succession {succ[k]:.3f} beats the null (max {null.max():.3f}) and is its largest template"
     if succ[best] > null.max():
         other = ("copying", "category")[int(np.argmax(template_corr[best, 1:]))]
-        return None, p, (f"component #{best} beats the null on succession ({succ[best]:.2f} > {null.max():.2f}) but correlates "
+        return None, p, (f"component #{best} beats the null on succession ({succ[best]:.3f} > {null.max():.3f}) but correlates "
                          f"more with {other} ({template_corr[best, 1:].max():.2f}): a {other} component, not a succession one")
-    return None, p, f"no component's succession correlation beats the null (best {succ[best]:.2f} <= {null.max():.2f})"
+    return None, p, f"no component's succession correlation beats the null (best {succ[best]:.3f} <= {null.max():.3f})"
 
 
 # --------------------------------------------------------------------------------------

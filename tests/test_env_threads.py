@@ -1,6 +1,7 @@
 """How many threads a process takes: what it may use (quota, affinity) less what others keep busy."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -69,3 +70,21 @@ def test_importing_mi_tutor_first_gives_torch_its_avx2_kernels_and_a_late_import
         assert quiet == "True"
     else:
         assert quiet == "False"
+
+
+@pytest.mark.skipif(not env._x86(), reason="the MKL pin is for x86")
+def test_importing_mi_tutor_first_puts_mkl_on_its_reproducible_avx2_branch():
+    # A least-squares solve and a matrix product through MKL. On an AVX-512 CPU, MKL's own choice gives
+    # other last bits than its AVX2 branch; `import mi_tutor` must select the reproducible AVX2 branch.
+    code = ("import os; os.environ.pop('MKL_CBWR', None); {first}\n"
+            "import torch, hashlib; g = torch.Generator().manual_seed(0)\n"
+            "x = torch.randn(400, 300, generator=g); a = x.T @ x + torch.eye(300); b = torch.randn(300, 7, generator=g)\n"
+            "print(hashlib.sha1(torch.linalg.solve(a, b).numpy().tobytes() + (x @ a).numpy().tobytes()).hexdigest())")
+
+    def digest(first: str) -> str:
+        r = subprocess.run([sys.executable, "-c", code.format(first=first)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-500:]
+        return r.stdout.strip()
+
+    assert digest("import mi_tutor") == digest("os.environ['MKL_CBWR'] = 'AVX2'")
+    assert os.environ.get("MKL_CBWR") == "AVX2"   # the suite's own processes too (conftest)

@@ -468,3 +468,15 @@ def test_task_values_read_in_chunks_equal_the_engine_and_bad_chunks_are_refused(
     assert all(torch.allclose(z[l], head_outputs(toy, task.tokens)[l], atol=1e-5) for l in z)
     with pytest.raises(ValueError, match="max_prompts must be at least 1"):
         A.head_outputs_chunked(toy, task.tokens, max_prompts=0)
+
+
+def test_noise_level_terms_print_as_nothing_not_as_a_sign():
+    # the heads after a last-layer head do not exist: their term is float noise, and must not read as repair
+    from mi_tutor import ablation_evidence as ev
+    from mi_tutor.lab.scores import Interval
+
+    assert ev._f(-1e-7) == "+0.00" and ev._f(-0.02) == "-0.02"
+    assert ev._word(Interval(1e-7, 2e-8, 3e-7)) == "nothing"
+    assert ev._word(Interval(0.1, 0.05, 0.2)) == "repairs" and ev._word(Interval(-0.1, -0.2, -0.01)) == "worsens"
+    assert ev._word(Interval(0.0, -0.1, 0.1)) == "uncertain"
+    assert ev._iv(Interval(-1e-7, -3e-7, 2e-7)) == "+0.00 [+0.00, +0.00]"

@@ -17,14 +17,14 @@ two threads (which spend their time synchronising), and it makes results identic
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
+
+from .env import one_thread
 
 #: age range of the synthetic population (years)
 AGE_MIN, AGE_MAX = 18.0, 70.0
@@ -279,15 +279,6 @@ def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one thread inside the block (tiny models train faster that way)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass

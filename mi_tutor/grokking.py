@@ -18,15 +18,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 
-from .env import available_cores
+from .env import available_cores, one_thread
 from .models import modular_addition_model
 from .training import History, LivePlot, train
 
@@ -123,15 +122,6 @@ def n_heads_of(model_or_state: Any, n_heads: int | None = None) -> int:
     return int(cfg.n_heads) if cfg is not None else 4
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run the block on one torch thread (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class _ThreadInvariantLinear(torch.autograd.Function):
@@ -155,7 +145,7 @@ class _ThreadInvariantLinear(torch.autograd.Function):
         grad_x = g @ w if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:
-            with _one_thread():
+            with one_thread():
                 grad_w = g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1])
         return grad_x, grad_w
 
@@ -389,7 +379,7 @@ def _sum_of_squares(model: torch.nn.Module) -> float:
     """Sum of squared weights, reduced on one thread: a two-thread reduction splits the sum
     differently on some CPUs (measured on an AMD EPYC: 984.99798 vs 984.99792 at step 20),
     and the run's numbers must not depend on its thread count."""
-    with _one_thread():
+    with one_thread():
         return float(sum((prm.detach() ** 2).sum() for prm in model.parameters()))
 
 

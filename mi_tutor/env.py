@@ -325,9 +325,9 @@ def setup(seed: int = 0, *, threads: int | None = 1, quiet: bool = False) -> Env
         threads: torch CPU threads (default 1; None keeps torch's default). One thread makes
             every number identical on every machine: torch's results depend on the thread
             count (measured once: notebook 06's seeded toy reached 0.89 "add" accuracy on one
-            thread, 1.0 on two; SmolLM2's batched all-heads patching differs by up to 3e-5
-            in 261 of 270 head effects, while a plain 18-prompt forward pass matches bitwise;
-            ``mi-tutor bench`` records this). It is also faster for the course's small models,
+            thread, 1.0 on two; before the MKL pin, SmolLM2's batched all-heads patching
+            differed by up to 3e-5 in 261 of 270 head effects, and under the pin notebook
+            01's training still does; ``mi-tutor bench`` records the patching case). It is also faster for the course's small models,
             and it cannot oversubscribe the shared cores of Binder or Colab.
         quiet: if True, print nothing.
     """

@@ -327,8 +327,9 @@ def setup(seed: int = 0, *, threads: int | None = 1, quiet: bool = False) -> Env
             count (measured once: notebook 06's seeded toy reached 0.89 "add" accuracy on one
             thread, 1.0 on two; before the MKL pin, SmolLM2's batched all-heads patching
             differed by up to 3e-5 in 261 of 270 head effects, and under the pin notebook
-            01's training still does; ``mi-tutor bench`` records the patching case). It is also faster for the course's small models,
-            and it cannot oversubscribe the shared cores of Binder or Colab.
+            01's training still does; ``mi-tutor bench`` records the patching case). It is
+            also faster for the course's small models, and it cannot oversubscribe the shared
+            cores of Binder or Colab.
         quiet: if True, print nothing.
     """
     quiet_environment()

@@ -109,15 +109,6 @@ def subset_successor(prompts, categories: Sequence[str], otok):
                          prompts.category[t], [prompts.text[i] for i in keep])
 
 
-def head_outputs_chunked(model, tokens: torch.Tensor, max_prompts: int = 8) -> dict[int, torch.Tensor]:
-    """`lab.hooks.head_outputs` (every layer's hook_z) a few prompts at a time: one hooked forward's caches grow
-    with the batch (~10 MB per 16-token prompt on SmolLM2), so a long batch would set the notebook's memory peak."""
-    if max_prompts < 1:
-        raise ValueError(f"max_prompts must be at least 1, got {max_prompts}")
-    parts = [head_outputs(model, tokens[i:i + max_prompts]) for i in range(0, tokens.shape[0], max_prompts)]
-    return {l: torch.cat([p[l] for p in parts]) for l in parts[0]}
-
-
 def task_values(model, task: Task, kind: Kind) -> dict[int, torch.Tensor]:
     """Replacement values for every head on `task` (hook_z shaped): zero, the counterfactual
     mean per position (over `task.mean_reference` if set), or the counterfactual prompt itself
@@ -127,7 +118,7 @@ def task_values(model, task: Task, kind: Kind) -> dict[int, torch.Tensor]:
     if kind == "zero":
         return ablation_values(model, task.tokens, kind)
     ref = task.mean_reference if (kind == "mean" and task.mean_reference is not None) else task.counterfactual
-    z = head_outputs_chunked(model, ref)
+    z = head_outputs(model, ref, max_prompts=8)
     if kind == "mean":
         return {l: v.mean(0, keepdim=True).expand(len(task), *v.shape[1:]).clone() for l, v in z.items()}
     return z
@@ -573,7 +564,7 @@ def scrub(model, task: Task, keep: Sequence[Head], n_random: int = 3, seed: int 
         raise ValueError(f"max_rows must be at least 1, got {max_rows}")
     keep = {(int(l), int(h)) for l, h in keep}
     heads = all_heads(model)
-    z = head_outputs_chunked(model, task.tokens)
+    z = head_outputs(model, task.tokens, max_prompts=8)
     perm = derangement(len(task), seed)
     other = {l: v[perm] for l, v in z.items()}
 
@@ -658,5 +649,4 @@ __all__ = [
     "control_kl", "split_total_effect", "verdict_flips", "SelfRepair", "self_repair", "Pairs", "pair_interactions",
     "NoiseDenoise", "noising_denoising", "probe_layers", "Scrub", "derangement", "scrub",
     "DamageReport", "damage_report", "top_entropy_rises", "kl_entropy",
-    "head_outputs_chunked",
 ]

@@ -18,9 +18,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .ablation import NoiseDenoise, Pairs, Task, head_outputs_chunked, noising_denoising, pair_interactions, sweep
+from .ablation import NoiseDenoise, Pairs, Task, noising_denoising, pair_interactions, sweep
 from .env import trim_memory
-from .lab.hooks import Head, all_heads, head_label, hook_name
+from .lab.hooks import Head, all_heads, head_label, head_outputs, hook_name
 from .lab.patching import Patch, copies_runner, heads_replaced, patch_hooks
 from .lab.readout import direct_logit_attribution, norm_of
 from .lab.scores import Interval, bootstrap, ranks, spearman
@@ -173,7 +173,7 @@ def interchange_flip(model, tokens_a: torch.Tensor, tokens_b: torch.Tensor, answ
         raise ValueError(f"A and B prompts must be aligned: {tuple(tokens_a.shape)} vs {tuple(tokens_b.shape)}")
     if not heads:
         raise ValueError("give at least one head to patch")
-    z_b = head_outputs_chunked(model, tokens_b)
+    z_b = head_outputs(model, tokens_b, max_prompts=8)
     every = all_heads(model)
     rng = np.random.default_rng(seed)
     sets = [heads] + [[every[i] for i in rng.choice(len(every), len(heads), replace=False)] for _ in range(n_random)]
@@ -509,7 +509,7 @@ def pooled_noising(model, tasks: Sequence[Task], heads: Sequence[Head], max_rows
     noise = torch.stack([evidence.exact["resample"][:, l, h] for l, h in heads])
     parts, start = [], 0
     for t in tasks:
-        den = sweep(model, t.counterfactual, head_outputs_chunked(model, t.tokens), t.metric, heads, max_rows)
+        den = sweep(model, t.counterfactual, head_outputs(model, t.tokens, max_prompts=8), t.metric, heads, max_rows)
         rows = slice(start, start + len(t))
         clean = evidence.clean[rows]
         gap = float((clean - den.clean_per_prompt).mean())

@@ -25,9 +25,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .ablation import Sweep, Task, head_outputs_chunked, kl_entropy, task_values
+from .ablation import Sweep, Task, kl_entropy, task_values
 from .env import trim_memory
-from .lab.hooks import Head, all_heads, top_heads
+from .lab.hooks import Head, all_heads, head_outputs, top_heads
 from .lab.patching import KINDS, Patch, copies_runner, head_output_grads
 from .lab.scores import Interval, bootstrap, ranks, spearman
 
@@ -76,7 +76,7 @@ def task_values_shared(model, task: Task, kinds: Sequence[str]) -> dict[str, dic
                                            and bool((task.mean_reference == task.counterfactual).all()))
     out: dict[str, dict[int, torch.Tensor]] = {}
     if same and "mean" in kinds and "resample" in kinds:
-        ref = head_outputs_chunked(model, task.counterfactual)
+        ref = head_outputs(model, task.counterfactual, max_prompts=8)
         out["resample"] = ref
         out["mean"] = {l: z.mean(0, keepdim=True).expand_as(z).clone() for l, z in ref.items()}
     for k in kinds:

@@ -464,10 +464,10 @@ def test_task_values_read_in_chunks_equal_the_engine_and_bad_chunks_are_refused(
         ref = ablation_values(toy, task.tokens, kind, reference_tokens=task.counterfactual)
         got = A.task_values(toy, task, kind)
         assert all(torch.allclose(got[l], ref[l], atol=1e-5) for l in ref), kind
-    z = A.head_outputs_chunked(toy, task.tokens, max_prompts=1)
+    z = hooks.head_outputs(toy, task.tokens, max_prompts=1)
     assert all(torch.allclose(z[l], head_outputs(toy, task.tokens)[l], atol=1e-5) for l in z)
     with pytest.raises(ValueError, match="max_prompts must be at least 1"):
-        A.head_outputs_chunked(toy, task.tokens, max_prompts=0)
+        hooks.head_outputs(toy, task.tokens, max_prompts=0)
 
 
 def test_noise_level_terms_print_as_nothing_not_as_a_sign():

@@ -214,8 +214,18 @@ def activations(model, tokens: torch.Tensor, names: Sequence[str]) -> dict[str, 
 
 
 @torch.no_grad()
-def head_outputs(model, tokens: torch.Tensor, layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
-    """hook_z of the given layers (default all): ``{layer: [batch, pos, head, d_head]}``."""
+def head_outputs(model, tokens: torch.Tensor, layers: Sequence[int] | None = None,
+                 max_prompts: int | None = None) -> dict[int, torch.Tensor]:
+    """hook_z of the given layers (default all): ``{layer: [batch, pos, head, d_head]}``.
+
+    `max_prompts`: run that many prompts per forward (the same values): a hooked forward's caches grow with the
+    batch (~10 MB per 16-token prompt on SmolLM2), so a long batch would set a notebook's memory peak.
+    """
+    if max_prompts is not None:
+        if max_prompts < 1:
+            raise ValueError(f"max_prompts must be at least 1, got {max_prompts}")
+        parts = [head_outputs(model, tokens[i:i + max_prompts], layers) for i in range(0, tokens.shape[0], max_prompts)]
+        return {l: torch.cat([p[l] for p in parts]) for l in parts[0]}
     V.tokens(model, tokens)
     V.layers(model, layers)
     check_tokens(tokens)

@@ -324,22 +324,6 @@ def frozen_split(model, tokens: torch.Tensor, answer: torch.Tensor, wrong: torch
                        {k: v.detach().float() for k, v in pp.items()})
 
 
-def chunked_dla(model, tokens: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor, max_prompts: int = 8
-                ) -> tuple[torch.Tensor, float]:
-    """`lab.readout.direct_logit_attribution` a few prompts at a time (its caches grow with the batch, ~11 MB per
-    16-token prompt on SmolLM2). Returns each prompt's head table ``[batch, n_layers, n_heads]`` and the mean
-    logit difference over all prompts."""
-    if max_prompts < 1:
-        raise ValueError(f"max_prompts must be at least 1, got {max_prompts}")
-    heads, ld = [], 0.0
-    for i in range(0, len(tokens), max_prompts):
-        r = slice(i, i + max_prompts)
-        d = direct_logit_attribution(model, tokens[r], answer[r], wrong[r])
-        heads.append(d.per_prompt_heads)
-        ld += float(d.logit_diff) * len(tokens[r])
-    return torch.cat(heads), ld / len(tokens)
-
-
 @torch.no_grad()
 def clean_reading(model, tokens, answer, wrong):
     """The clean run's DLA, per-prompt final-norm scale and logit difference (for `frozen_split`)."""
@@ -555,6 +539,6 @@ __all__ = [
     "clean_readings", "pooled_dla", "pool_splits", "pooled_splits", "repair_reading", "frozen_reading", "pool_pairs",
     "pooled_pairs", "pair_intervals", "pool_noising", "pooled_noising", "noising_intervals", "noising_reading",
     "per_prompt_table", "rank_interval", "spearman_interval", "share_interval", "swap_io_s", "successor_swap",
-    "run_chunked", "chunked_dla", "Flip", "interchange_flip", "frozen_direct_effect", "FrozenSplit", "frozen_split",
+    "run_chunked", "Flip", "interchange_flip", "frozen_direct_effect", "FrozenSplit", "frozen_split",
     "clean_reading",
 ]

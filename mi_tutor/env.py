@@ -50,8 +50,11 @@ KERNELS_ENV, KERNELS = "ATEN_CPU_CAPABILITY", "avx2"
 #: picks its own code path per CPU: with ATen pinned but MKL free, an AVX-512 Xeon named
 #: another head in notebook 02 (L1H0 for L1H1) and grokked notebook 01 ten steps earlier
 #: than the machine the outputs were made on (measured). MKL's conditional numerical
-#: reproducibility mode on its AVX2 branch gives the same results on every CPU with AVX2.
-MKL_ENV, MKL_KERNELS = "MKL_CBWR", "AVX2"
+#: reproducibility mode on its AVX2 branch gives the same results on every CPU with AVX2;
+#: its STRICT form also makes the matrix products independent of the thread count (measured:
+#: without STRICT, 300 steps of notebook 01's training on two threads ended with other weights
+#: than on one; with it, bitwise the same weights, in two thirds of the time).
+MKL_ENV, MKL_KERNELS = "MKL_CBWR", "AVX2,STRICT"
 
 
 def _x86() -> bool:
@@ -326,8 +329,10 @@ def setup(seed: int = 0, *, threads: int | None = 1, quiet: bool = False) -> Env
             every number identical on every machine: torch's results depend on the thread
             count (measured once: notebook 06's seeded toy reached 0.89 "add" accuracy on one
             thread, 1.0 on two; before the MKL pin, SmolLM2's batched all-heads patching
-            differed by up to 3e-5 in 261 of 270 head effects, and under the pin notebook
-            01's training still does; ``mi-tutor bench`` records the patching case). It is
+            differed by up to 3e-5 in 261 of 270 head effects, and under the pin without
+            STRICT notebook 01's training did; ``mi-tutor bench`` records the patching
+            case). Code that has been shown thread-invariant asks for more (notebook 01's
+            training takes `available_cores`). It is
             also faster for the course's small models, and it cannot oversubscribe the shared
             cores of Binder or Colab.
         quiet: if True, print nothing.

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from .env import one_thread
+from .env import available_cores, one_thread
 from .models import modular_addition_model
 from .training import History, LivePlot, train
 
@@ -352,19 +352,19 @@ def train_grokking(
             use it to write files).
         keep_checkpoints: keep every checkpoint in memory (0.9 MB each in float32).
         max_seconds: stop at the first evaluation after this much wall time (long scripts).
-        threads: torch threads for this run (restored afterwards). Default: one. Under
-            MKL's reproducible AVX2 branch (`env.MKL_KERNELS`, pinned so that every x86 CPU
-            gives the committed numbers) even the forward products differ in their last bits
-            between one and two threads (measured), and training amplifies those bits; one
-            thread gives the same run on a busy laptop, a quiet one and CI. Pass ``threads=2``
-            (or `env.available_cores`) for speed when identical numbers do not matter.
+        threads: torch threads for this run (restored afterwards). Default: the cores this
+            process can get now, at most two (`env.available_cores`: quota, affinity and the
+            load of other processes). The choice changes the speed, not the run: under MKL's
+            STRICT reproducible branch (`env.MKL_KERNELS`) the products do not depend on the
+            thread count, and deterministic kernels cover the rest (tested: one and two
+            threads give bitwise the same weights).
 
     Returns:
         A `GrokRun` whose model is the trained bridge (eval mode).
     """
     cfg = GrokConfig() if cfg is None else cfg
     before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads or 1)
+    torch.set_num_threads(threads or available_cores(limit=2))
     # deterministic kernels: without them two runs on two threads already differed (and
     # differed from one thread) at step 20 (measured)
     torch.use_deterministic_algorithms(True, warn_only=True)

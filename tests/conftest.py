@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")  # as `import mi_tutor` does, before any test imports torch
-os.environ.setdefault("MKL_CBWR", "AVX2")  # and MKL its reproducible AVX2 branch (env.MKL_KERNELS)
+os.environ.setdefault("MKL_CBWR", "AVX2,STRICT")  # and MKL its reproducible AVX2 branch (env.MKL_KERNELS)
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -86,5 +86,19 @@ def test_importing_mi_tutor_first_puts_mkl_on_its_reproducible_avx2_branch():
         assert r.returncode == 0, r.stderr[-500:]
         return r.stdout.strip()
 
-    assert digest("import mi_tutor") == digest("os.environ['MKL_CBWR'] = 'AVX2'")
-    assert os.environ.get("MKL_CBWR") == "AVX2"   # the suite's own processes too (conftest)
+    assert digest("import mi_tutor") == digest(f"os.environ['MKL_CBWR'] = {env.MKL_KERNELS!r}")
+    assert os.environ.get("MKL_CBWR") == env.MKL_KERNELS == "AVX2,STRICT"   # the suite's own processes too (conftest)
+
+
+@pytest.mark.skipif(not env._x86(), reason="the MKL pin is for x86")
+def test_under_the_pin_a_product_that_sums_over_the_batch_does_not_depend_on_the_thread_count():
+    # The weight gradient of notebook 01's training (5107 rows summed): MKL may split that sum between threads,
+    # which STRICT forbids. This is what lets training use the cores it can get and print the same numbers.
+    code = ("import mi_tutor, torch, hashlib; g = torch.Generator().manual_seed(0)\n"
+            "x = torch.randn(5107, 512, generator=g); d = torch.randn(5107, 128, generator=g)\n"
+            "out = []\n"
+            "for t in (1, 2):\n"
+            "    torch.set_num_threads(t); out.append(hashlib.sha1((d.T @ x).numpy().tobytes()).hexdigest())\n"
+            "print(torch.get_num_threads(), out[0] == out[1])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.split() == ["2", "True"], r.stdout + r.stderr[-500:]

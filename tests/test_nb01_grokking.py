@@ -122,20 +122,27 @@ def test_weight_gradient_is_the_plain_one():
     assert torch.allclose(wp.grad, g.T @ x, rtol=1e-4, atol=1e-3) and torch.allclose(xp.grad, g @ w, rtol=1e-4, atol=1e-3)
 
 
-def test_training_runs_on_one_thread_by_default_whatever_the_caller_set():
-    """The committed numbers come from one thread: a caller's two threads must not change the run."""
+def test_training_gives_the_same_run_on_one_and_two_threads_and_uses_the_cores_it_can_get(monkeypatch):
+    """Under the MKL pin (AVX2,STRICT) the thread count changes the speed, not the numbers; by default the
+    run takes the cores `env.available_cores` says the process can get (at most two), and restores the caller's."""
     cfg = grokking.GrokConfig(n_steps=40, eval_every=20, checkpoint_every=40)
-    before = torch.get_num_threads()
+    seen: list[int] = []
     one = grokking.train_grokking(cfg, live=False, progress=False, threads=1)
-    torch.set_num_threads(2)
+    two = grokking.train_grokking(cfg, live=False, progress=False, threads=2,
+                                  on_checkpoint=lambda step, model: seen.append(torch.get_num_threads()))
+    assert seen and set(seen) == {2}
+    assert one.history.metrics == two.history.metrics
+    for name, w in one.model.state_dict().items():
+        assert torch.equal(w, two.model.state_dict()[name]), name
+    monkeypatch.setattr(grokking, "available_cores", lambda limit=None: min(2, limit or 2))
+    before, seen[:] = torch.get_num_threads(), []
+    torch.set_num_threads(1)
     try:
-        default = grokking.train_grokking(cfg, live=False, progress=False)
-        assert torch.get_num_threads() == 2  # restored
+        grokking.train_grokking(cfg, live=False, progress=False, on_checkpoint=lambda s, m: seen.append(torch.get_num_threads()))
+        assert torch.get_num_threads() == 1  # restored
     finally:
         torch.set_num_threads(before)
-    assert one.history.metrics == default.history.metrics
-    for name, w in one.model.state_dict().items():
-        assert torch.equal(w, default.model.state_dict()[name]), name
+    assert set(seen) == {2}
 
 
 # --------------------------------------------------------------------------------------

@@ -448,13 +448,18 @@ def test_noising_read_from_the_sweep_equals_running_it(toy, two_tasks):
         EV.pooled_noising(toy, two_tasks[:1], heads, evidence=evid)
 
 
-def test_chunked_dla_equals_one_pass(toy, two_tasks):
+def test_dla_in_chunks_equals_one_pass(toy, two_tasks):
     t = two_tasks[1]
-    heads, ld = EV.chunked_dla(toy, t.tokens, t.answer, t.wrong, max_prompts=3)
+    chunked = readout.direct_logit_attribution(toy, t.tokens, t.answer, t.wrong, max_prompts=3)
     ref = readout.direct_logit_attribution(toy, t.tokens, t.answer, t.wrong)
-    assert torch.allclose(heads, ref.per_prompt_heads, atol=1e-5) and ld == pytest.approx(float(ref.logit_diff), abs=1e-5)
+    assert len(t.tokens) > 3  # so the chunks are really several
+    assert torch.allclose(chunked.per_prompt_heads, ref.per_prompt_heads, atol=1e-5)
+    for part in ("heads", "attn", "mlp", "heads_io", "heads_s"):
+        assert torch.allclose(getattr(chunked, part), getattr(ref, part), atol=1e-5), part
+    for part in ("logit_diff", "total", "rest"):
+        assert getattr(chunked, part) == pytest.approx(getattr(ref, part), abs=1e-5), part
     with pytest.raises(ValueError, match="max_prompts must be at least 1"):
-        EV.chunked_dla(toy, t.tokens, t.answer, t.wrong, max_prompts=0)
+        readout.direct_logit_attribution(toy, t.tokens, t.answer, t.wrong, max_prompts=0)
 
 
 def test_task_values_read_in_chunks_equal_the_engine_and_bad_chunks_are_refused(toy, task):

@@ -206,7 +206,7 @@ def thread_agreement(patch: dict) -> dict:
     """How far the fast engine's 270 effects at each thread count are from one thread's (bitwise or not).
 
     Returns ``{"thread_agreement": {threads: {"max_abs_diff": ..., "heads_differing": ..., "heads": ...}}}``,
-    or {} without a one-thread run. This is the measurement behind the one-thread default.
+    or {} without a one-thread run. The measurement behind the thread-count claims (bitwise equal under the MKL pin).
     """
     one = patch.get("1", {}).get("fast_values")
     if not one:

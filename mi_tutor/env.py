@@ -177,9 +177,47 @@ def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
     small-model training loop ~60% slower, so `setup()` does not call it.
     Does nothing (returns False) where the C library is not glibc (macOS, Windows).
     """
+    global _returned_from
     libc = _glibc()
-    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes)) \
+    ok = libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes)) \
         and bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold_bytes))
+    _returned_from = threshold_bytes if ok else _returned_from
+    return ok
+
+
+_returned_from: int | None = None  # the threshold `return_freed_memory` set, if it did
+_reuse_depth = 0
+
+
+@contextlib.contextmanager
+def reuse_freed_memory() -> Iterator[None]:
+    """Inside this block, glibc keeps freed blocks (up to 32 MB) for the next allocation; on leaving,
+    `return_freed_memory`'s threshold is back and the freed memory goes back to the system.
+
+    For loops of large same-sized products (the fast patching engine): with blocks from mmap,
+    every new output paid page faults on first touch. Measured on all-heads patching of SmolLM2 at
+    one thread: 4.19 s -> 3.86 s, bitwise the same effects. Does nothing if `return_freed_memory`
+    was not called (glibc's own dynamic threshold already reuses) or the C library is not glibc.
+    """
+    global _reuse_depth
+    libc = _glibc() if _returned_from is not None else None
+    if libc is None or _reuse_depth:
+        _reuse_depth += 1
+        try:
+            yield
+        finally:
+            _reuse_depth -= 1
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    _reuse_depth += 1
+    try:
+        yield
+    finally:
+        _reuse_depth -= 1
+        libc.mallopt(_M_MMAP_THRESHOLD, _returned_from)
+        libc.mallopt(_M_TRIM_THRESHOLD, _returned_from)
+        libc.malloc_trim(0)
 
 
 def trim_memory() -> bool:

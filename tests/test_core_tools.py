@@ -311,6 +311,40 @@ def test_return_freed_memory_gives_freed_tensor_memory_back():
     assert heap["off"][1] >= 30, f"control: by default glibc should put them on the heap, which grew only {heap['off'][1]} MB"
 
 
+_REUSE = r"""
+import torch
+from mi_tutor.env import return_freed_memory, reuse_freed_memory
+assert return_freed_memory(1 << 20)
+def heap_mb():
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            return (hi - lo) >> 20
+    return 0
+def rss_mb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) >> 10
+heap0, rss0 = heap_mb(), rss_mb()
+with reuse_freed_memory():
+    with reuse_freed_memory():                # nested: the outer block decides
+        keep = [torch.ones(1 << 19) for _ in range(20)]  # twenty 2 MB blocks
+    inside = heap_mb() - heap0
+    del keep
+returned = rss_mb() - rss0                    # resident memory once the block is left
+heap1 = heap_mb()
+keep = [torch.ones(1 << 19) for _ in range(20)]  # after the block: mapped on their own again
+print(inside, returned, heap_mb() - heap1)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_reuse_freed_memory_keeps_blocks_on_the_heap_inside_and_gives_them_back_after():
+    out = subprocess.run([sys.executable, "-c", _REUSE], capture_output=True, text=True, check=True).stdout
+    inside, returned, after = (int(x) for x in out.split())
+    assert inside >= 30, f"inside the block 2 MB tensors should come from the heap, which grew only {inside} MB"
+    assert returned < 8, f"leaving the block should give the freed heap back, but {returned} MB stayed resident"
+    assert after < 8, f"after the block the 1 MB threshold should be back, but the heap grew {after} MB"
+
+
 _CELLS = r"""
 import torch
 from IPython.core.interactiveshell import InteractiveShell

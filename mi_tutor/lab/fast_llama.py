@@ -29,6 +29,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..env import reuse_freed_memory
+
 
 def _weight(module) -> torch.Tensor:
     """The tensor a bridge component (or a plain module) multiplies by."""
@@ -130,7 +132,8 @@ class LlamaRunner:
         """Residual after attention output ``z [n, s, heads, dh]`` and the MLP."""
         x = x + z.reshape(*z.shape[:2], -1) @ lw.o.T
         h = self._norm(x, lw.ln2)
-        return x + (F.silu(h @ lw.gate.T) * (h @ lw.up.T)) @ lw.down.T
+        gate = F.silu(h @ lw.gate.T, inplace=True)  # in place: the same numbers, one block of memory fewer
+        return x + gate.mul_(h @ lw.up.T) @ lw.down.T
 
     def _readout(self, x_last: torch.Tensor) -> torch.Tensor:
         return self._norm(x_last, self.final_norm) @ self.unembed.T
@@ -143,6 +146,10 @@ class LlamaRunner:
         entering it ``[batch, pos, d]``, z ``[batch, pos, heads, dh]`` and k, v ``[batch, kv, pos, dh]``."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
+        with reuse_freed_memory():
+            return self._run(tokens)
+
+    def _run(self, tokens: torch.Tensor) -> dict[str, list[torch.Tensor] | torch.Tensor]:
         cos, sin = self._rope(tokens.shape[1])
         x = self.embed[tokens]
         out: dict[str, list] = {"resid": [], "z": [], "k": [], "v": []}
@@ -168,6 +175,10 @@ class LlamaRunner:
                 ``[batch, pos, heads, d_head]``) at position ``pos``, or everywhere if pos is None.
             base: `run(tokens)`, if already computed.
         """
+        with reuse_freed_memory():
+            return self._replace_heads(tokens, copies, base)
+
+    def _replace_heads(self, tokens: torch.Tensor, copies: Sequence[Sequence], base: dict | None) -> torch.Tensor:
         base = self.run(tokens) if base is None else base
         if not copies:
             return base["logits"][None]

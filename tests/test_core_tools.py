@@ -281,17 +281,20 @@ def test_attention_view_with_and_without_head_names():
         assert "circuits-vis" in html
 
 
-_FRAGMENT = r"""
-import sys, torch
-from mi_tutor.env import return_freed_memory
-on = sys.argv[1] == "on" and return_freed_memory()
-warm = torch.ones(1 << 20); del warm       # one 4 MB free: by default glibc raises its mmap threshold to 4 MB
+_HEAP_MB = r"""
 def heap_mb():
     for line in open("/proc/self/maps"):
         if line.rstrip().endswith("[heap]"):
             lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
             return (hi - lo) >> 20
     return 0
+"""  # the size of glibc's main heap, in MB (shared by the fragments below)
+
+_FRAGMENT = _HEAP_MB + r"""
+import sys, torch
+from mi_tutor.env import return_freed_memory
+on = sys.argv[1] == "on" and return_freed_memory()
+warm = torch.ones(1 << 20); del warm       # one 4 MB free: by default glibc raises its mmap threshold to 4 MB
 before = heap_mb()
 keep = [torch.ones(1 << 19) for _ in range(20)]  # twenty 2 MB blocks
 print(on, heap_mb() - before)               # MB they added to the heap (which is rarely given back)
@@ -311,16 +314,10 @@ def test_return_freed_memory_gives_freed_tensor_memory_back():
     assert heap["off"][1] >= 30, f"control: by default glibc should put them on the heap, which grew only {heap['off'][1]} MB"
 
 
-_REUSE = r"""
+_REUSE = _HEAP_MB + r"""
 import torch
 from mi_tutor.env import return_freed_memory, reuse_freed_memory
 assert return_freed_memory(1 << 20)
-def heap_mb():
-    for line in open("/proc/self/maps"):
-        if line.rstrip().endswith("[heap]"):
-            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-            return (hi - lo) >> 20
-    return 0
 def rss_mb():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) >> 10
 heap0, rss0 = heap_mb(), rss_mb()

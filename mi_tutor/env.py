@@ -166,6 +166,10 @@ def _glibc():
         return None
 
 
+_returned_from: int | None = None  # the threshold `return_freed_memory` set, if it did
+_reuse_depth = 0  # how many `reuse_freed_memory` blocks are open
+
+
 def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
     """Make glibc serve blocks >= `threshold_bytes` by mmap, so freeing a tensor returns its memory.
 
@@ -185,10 +189,6 @@ def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
     return ok
 
 
-_returned_from: int | None = None  # the threshold `return_freed_memory` set, if it did
-_reuse_depth = 0
-
-
 @contextlib.contextmanager
 def reuse_freed_memory() -> Iterator[None]:
     """Inside this block, glibc keeps freed blocks (up to 32 MB) for the next allocation; on leaving,
@@ -196,28 +196,24 @@ def reuse_freed_memory() -> Iterator[None]:
 
     For loops of large same-sized products (the fast patching engine): with blocks from mmap,
     every new output paid page faults on first touch. Measured on all-heads patching of SmolLM2 at
-    one thread: 4.19 s -> 3.86 s, bitwise the same effects. Does nothing if `return_freed_memory`
-    was not called (glibc's own dynamic threshold already reuses) or the C library is not glibc.
+    one thread: 4.14 s -> 3.82 s, bitwise the same effects. Nested blocks leave it to the outermost.
+    Does nothing if `return_freed_memory` was not called (glibc's own dynamic threshold already
+    reuses) or the C library is not glibc.
     """
     global _reuse_depth
-    libc = _glibc() if _returned_from is not None else None
-    if libc is None or _reuse_depth:
-        _reuse_depth += 1
-        try:
-            yield
-        finally:
-            _reuse_depth -= 1
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    libc = _glibc() if _returned_from is not None and not _reuse_depth else None
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
     _reuse_depth += 1
     try:
         yield
     finally:
         _reuse_depth -= 1
-        libc.mallopt(_M_MMAP_THRESHOLD, _returned_from)
-        libc.mallopt(_M_TRIM_THRESHOLD, _returned_from)
-        libc.malloc_trim(0)
+        if libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, _returned_from)
+            libc.mallopt(_M_TRIM_THRESHOLD, _returned_from)
+            libc.malloc_trim(0)
 
 
 def trim_memory() -> bool:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .env import trim_memory
-from .lab.hooks import Head, all_heads, head_label, head_outputs
+from .lab.hooks import Head, all_heads, declare_logits, head_label, head_outputs
 from .lab.patching import (KINDS, Kind, Patch, ablation_values, copies_runner, heads_replaced, patch_hooks, run_copies)
 from .lab.readout import DLA, direct_logit_attribution, kl_div
 from .lab.scores import ranks
@@ -77,8 +77,13 @@ class Task:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
-    def metric(self, logits: torch.Tensor) -> torch.Tensor:
-        """Per-prompt logit difference at the final position (works on stacked copies of the batch)."""
+    @property
+    def metric(self) -> Callable:
+        """metric(logits): per-prompt logit difference at the final position (works on stacked
+        copies of the batch). It declares the logits it reads (`hooks.declare_logits`)."""
+        return declare_logits(self._logit_diff, torch.cat([self.answer, self.wrong]))
+
+    def _logit_diff(self, logits: torch.Tensor) -> torch.Tensor:
         reps = logits.shape[0] // len(self)
         b = torch.arange(logits.shape[0])
         last = logits[b, -1]

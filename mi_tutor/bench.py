@@ -90,7 +90,7 @@ m = load_lm("smollm2-135m", verbose=False)
 clean = m.to_tokens(["When Mary and John went to the store, John gave a drink to"])
 corrupt = m.to_tokens(["When Paul and Kate went to the store, Lisa gave a drink to"])
 io, s = m.to_single_token(" Mary"), m.to_single_token(" John")
-metric_b = lambda lg: hooks.logit_diff(lg, torch.tensor([io]), torch.tensor([s]))
+metric_b = hooks.logit_diff_metric(torch.tensor([io]), torch.tensor([s]))  # declares the two logits it reads
 metric_tl = lambda lg: metric_b(lg).mean()
 def timed(fn):
     t0 = time.perf_counter(); out = fn(); return out, time.perf_counter() - t0

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .lab.hooks import Metric, declare_logits
+
 #: Common English first names (filtered to single tokens of the loaded tokenizer).
 NAMES = (
     "Mary John Alice Bob Tom James Sarah Michael David Emma Anna Paul Mark Kate Lisa Daniel "
@@ -109,8 +111,13 @@ class IOIDataset:
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def metric(self, logits: torch.Tensor) -> torch.Tensor:
-        """Per-prompt logit difference IO - S at the final position (works on repeated batches)."""
+    @property
+    def metric(self) -> Metric:
+        """metric(logits): per-prompt logit difference IO - S at the final position (works on
+        repeated batches). It declares the two logits per prompt it reads (`declare_logits`)."""
+        return declare_logits(self._logit_diff, torch.cat([self.io, self.s]))
+
+    def _logit_diff(self, logits: torch.Tensor) -> torch.Tensor:
         reps = logits.shape[0] // len(self)
         io, s = self.io.repeat(reps), self.s.repeat(reps)
         b = torch.arange(logits.shape[0])

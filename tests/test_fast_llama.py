@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mi_tutor import ioi
-from mi_tutor.lab import fast_llama, patching, reference
+from mi_tutor.lab import fast_llama, hooks, patching, reference
 from mi_tutor.lab.hooks import head_outputs
 from mi_tutor.lab.patching import Patch
 
@@ -84,3 +84,41 @@ def test_bad_requests_are_explained(smollm2, gpt2_arch, ds):
         runner.replace_heads(ds.tokens, [[Patch(0, 0, z[:1])]])
     with pytest.raises(ValueError, match="batch, pos"):
         runner.run(ds.tokens[0])
+
+
+def test_a_declared_metric_gets_only_its_logits_and_the_same_effects(smollm2, ds):
+    """`hooks.declare_logits`: the engine unembeds the declared ids only (bitwise the full
+    product's columns) and the sweep's effects are bitwise those of the undeclared metric."""
+    n = smollm2.cfg.n_layers
+    undeclared = ds._logit_diff
+    assert hooks.declared_logits(undeclared) is None and hooks.declared_logits(ds.metric) is not None
+    full = patching.patch_heads(smollm2, ds.tokens, ds.abc_tokens, undeclared, layers=[1, n - 1], per_prompt=True)
+    cut = patching.patch_heads(smollm2, ds.tokens, ds.abc_tokens, ds.metric, layers=[1, n - 1], per_prompt=True)
+    assert torch.equal(full.isnan(), cut.isnan()) and torch.equal(full.nan_to_num(), cut.nan_to_num())
+    runner = fast_llama.LlamaRunner(smollm2)
+    src = runner.run(ds.abc_tokens)["z"]
+    copies = [[Patch(1, 2, src[1])], [Patch(n - 1, 4, src[n - 1])]]
+    ids = hooks.declared_logits(ds.metric)
+    want = runner.replace_heads(ds.tokens, copies)
+    got = runner.replace_heads(ds.tokens, copies, logit_ids=ids)
+    assert torch.equal(got[:, :, ids], want[:, :, ids])
+    others = torch.ones(smollm2.cfg.d_vocab, dtype=torch.bool)
+    others[ids] = False
+    assert got[1:, :, others].isnan().all() and not got[0].isnan().any()  # the unpatched run stays whole
+
+
+def test_a_metric_that_reads_an_undeclared_logit_is_refused(smollm2, ds):
+    io, s = ds.io, ds.s
+    undeclared_id = torch.full_like(s, int(torch.cat([io, s]).max()) + 1)
+    liar = hooks.declare_logits(lambda lg: hooks.logit_diff(lg, io, undeclared_id), torch.cat([io, s]))
+    with pytest.raises(ValueError, match="did not declare"):
+        patching.patch_heads(smollm2, ds.tokens, ds.abc_tokens, liar, layers=[2])
+    honest = hooks.logit_diff_metric(io, s)
+    assert torch.equal(hooks.declared_logits(honest), torch.cat([io, s]).unique())
+    got = patching.patch_heads(smollm2, ds.tokens, ds.abc_tokens, honest, layers=[2])
+    assert torch.equal(got[2], patching.patch_heads(smollm2, ds.tokens, ds.abc_tokens, ds.metric, layers=[2])[2])
+    with pytest.raises(ValueError, match="non-negative token ids"):
+        hooks.declare_logits(honest, [])
+    with pytest.raises(ValueError, match="token ids in 0.."):
+        fast_llama.LlamaRunner(smollm2).replace_heads(ds.tokens, [[Patch(2, 0, torch.zeros(2, ds.tokens.shape[1], 9, 64))]],
+                                                      logit_ids=torch.tensor([smollm2.cfg.d_vocab]))

@@ -13,7 +13,9 @@ on the bridge's own weights:
    the prefix. "Actually changes" is decided by exact comparison of the values, so this
    skips only replacements that would write back the number already there.
 3. **Last position only in the last layer**, and only the last position is unembedded:
-   the metrics read the final token.
+   the metrics read the final token. A metric that declares the logits it reads
+   (`hooks.declare_logits`, e.g. a logit difference) gets only those columns of the
+   vocabulary (bitwise the full product's; the rest are NaN).
 4. **Fused attention** (`scaled_dot_product_attention`), where the bridge runs HF's eager
    attention to expose every pattern.
 
@@ -135,8 +137,14 @@ class LlamaRunner:
         gate = F.silu(h @ lw.gate.T, inplace=True)  # in place: the same numbers, one block of memory fewer
         return x + gate.mul_(h @ lw.up.T) @ lw.down.T
 
-    def _readout(self, x_last: torch.Tensor) -> torch.Tensor:
-        return self._norm(x_last, self.final_norm) @ self.unembed.T
+    def _readout(self, x_last: torch.Tensor, logit_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[n, vocab]``; with `logit_ids`, only those columns (bitwise the full product's), the rest NaN."""
+        h = self._norm(x_last, self.final_norm)
+        if logit_ids is None:
+            return h @ self.unembed.T
+        out = h.new_full((h.shape[0], self.unembed.shape[0]), float("nan"))
+        out[:, logit_ids] = h @ self.unembed[logit_ids].T
+        return out
 
     # -- runs ----------------------------------------------------------------------------
 
@@ -164,7 +172,8 @@ class LlamaRunner:
         return out
 
     @torch.no_grad()
-    def replace_heads(self, tokens: torch.Tensor, copies: Sequence[Sequence], base: dict | None = None) -> torch.Tensor:
+    def replace_heads(self, tokens: torch.Tensor, copies: Sequence[Sequence], base: dict | None = None,
+                      logit_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Last-position logits of the unpatched run and of each copy: ``[1 + n_copies, batch, vocab]``.
 
         Args:
@@ -174,16 +183,23 @@ class LlamaRunner:
                 ``(layer, head)``'s output z becomes ``value[:, :, head]`` (value
                 ``[batch, pos, heads, d_head]``) at position ``pos``, or everywhere if pos is None.
             base: `run(tokens)`, if already computed.
+            logit_ids: unembed only these vocabulary ids for the copies (a metric's declared
+                reads, `mi_tutor.lab.hooks.declare_logits`); their other logits are NaN.
         """
         with reuse_freed_memory():
-            return self._replace_heads(tokens, copies, base)
+            return self._replace_heads(tokens, copies, base, logit_ids)
 
-    def _replace_heads(self, tokens: torch.Tensor, copies: Sequence[Sequence], base: dict | None) -> torch.Tensor:
+    def _replace_heads(self, tokens: torch.Tensor, copies: Sequence[Sequence], base: dict | None,
+                       logit_ids: torch.Tensor | None) -> torch.Tensor:
         base = self.run(tokens) if base is None else base
         if not copies:
             return base["logits"][None]
         batch, n_pos = tokens.shape
         n_layers = len(self.layers)
+        vocab = self.unembed.shape[0]
+        if logit_ids is not None and (logit_ids.ndim != 1 or not len(logit_ids) or int(logit_ids.min()) < 0
+                                      or int(logit_ids.max()) >= vocab):
+            raise ValueError(f"logit_ids must be a non-empty list of token ids in 0..{vocab - 1}")
         for c in copies:
             for r in c:
                 if getattr(r, "site", "z") != "z":
@@ -236,5 +252,5 @@ class LlamaRunner:
                     elif r.pos % n_pos >= offset:
                         z[rows, r.pos % n_pos - offset, r.head] = r.value[:, r.pos, r.head]
             x = self._finish_block(lw, x[:, -1:] if last else x, z)
-        out = self._readout(x[:, -1]).view(len(copies), batch, -1)[[block[i] for i in range(len(copies))]]
+        out = self._readout(x[:, -1], logit_ids).view(len(copies), batch, -1)[[block[i] for i in range(len(copies))]]
         return torch.cat([base["logits"][None], out], 0)

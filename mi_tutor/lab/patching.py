@@ -38,7 +38,8 @@ import torch
 
 from .. import validate as V
 from . import fast_llama
-from .hooks import (HEAD_SITES, RESID_SITES, Head, Metric, check_tokens, head_outputs, hook_name, kv_index)
+from .hooks import (HEAD_SITES, RESID_SITES, Head, Metric, check_tokens, declared_logits, head_outputs, hook_name,
+                    kv_index, scored)
 
 Kind = Literal["zero", "mean", "resample"]
 KINDS = ("zero", "mean", "resample")
@@ -275,7 +276,7 @@ def run_copies(
 
 def copy_scores(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
     """Mean metric per copy: logits ``[copies, batch, pos, vocab] -> [copies]``."""
-    return torch.stack([metric(l).float().mean() for l in logits])
+    return torch.stack([scored(metric, l).mean() for l in logits])
 
 
 def _chunks(items: list, rows_per_copy: int, max_rows: int) -> Iterable[list]:
@@ -284,11 +285,14 @@ def _chunks(items: list, rows_per_copy: int, max_rows: int) -> Iterable[list]:
         yield items[i:i + per]
 
 
-def copies_runner(model, tokens: torch.Tensor, fast: bool | None = None) -> Callable:
+def copies_runner(model, tokens: torch.Tensor, fast: bool | None = None,
+                  logit_ids: torch.Tensor | None = None) -> Callable:
     """copies -> last-position logits ``[1 + n, batch, 1, vocab]``, on the fastest exact backend.
 
     `fast_llama` serves head-output patches on a bias-free HF Llama (``fast=None`` chooses,
-    ``fast=False`` forces the hook engine); everything else runs on `run_copies`.
+    ``fast=False`` forces the hook engine); everything else runs on `run_copies`. With
+    `logit_ids` (a metric's `hooks.declared_logits`) `fast_llama` computes only those logits
+    of the copies and leaves the rest NaN (score them with `hooks.scored`, which refuses a misread).
     """
     use_fast = fast_llama.supports(model) if fast is None else fast
     runner = fast_llama.LlamaRunner(model) if use_fast else None
@@ -298,7 +302,7 @@ def copies_runner(model, tokens: torch.Tensor, fast: bool | None = None) -> Call
         if runner is not None and all(p.site == "z" for c in copies for p in c):
             if not base:
                 base.update(runner.run(tokens))
-            return runner.replace_heads(tokens, copies, base)[:, :, None]
+            return runner.replace_heads(tokens, copies, base, logit_ids)[:, :, None]
         return run_copies(model, tokens, copies)[0]
     return run
 
@@ -342,12 +346,12 @@ def replace_heads(
             raise ValueError(f"values for layer {l} have batch {values[l].shape[0]}, prompts have {batch}")
     if pos is not None:
         pos = pos % tokens.shape[1]
-    run = copies_runner(model, tokens, fast)
+    run = copies_runner(model, tokens, fast, declared_logits(metric))
     out = torch.full((batch, n_layers, n_heads), float("nan"))
     for chunk in _chunks(list(heads), batch, max_rows):
         logits = run([[Patch(l, h, values[l], pos=pos)] for l, h in chunk])[1:]
         for (l, h), lg in zip(chunk, logits):
-            out[:, l, h] = metric(lg).float()
+            out[:, l, h] = scored(metric, lg)
     return out if per_prompt else out.mean(0)
 
 
@@ -414,7 +418,7 @@ def patch_heads_by_position(
     V.heads(model, heads)
     n_pos = target_tokens.shape[1]
     src = _source_heads(model, source_tokens, sorted({l for l, _ in heads}), fast)
-    run = copies_runner(model, target_tokens, fast)
+    run = copies_runner(model, target_tokens, fast, declared_logits(metric))
     jobs = [(i, l, h, p) for i, (l, h) in enumerate(heads) for p in range(n_pos)]
     out = torch.full((len(heads), n_pos), float("nan"))
     for chunk in _chunks(jobs, target_tokens.shape[0], max_rows):

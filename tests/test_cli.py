@@ -65,6 +65,14 @@ def test_benchmark_table_says_which_budgets_are_met():
     assert cells("notebook 00_a")[7:] == ["45.0", "1.50x"] and cells("notebook 03_b")[7:] == ["ERROR", "-"]
     assert "The suite as CI runs it (quiet): 25.0 min wall" in md2 and "| unit tests | 300 | 400 |" in md2
     del results["notebooks_beside_busy"], results["suite"]
+    # the floor, with the matmul throughput the reproducibility pin gives up (or "-" where not measured)
+    results["patching"]["1"].update(fast_llama_gflop=300.0, matmul_peak_gflops=100.0, floor_s=3.0)
+    assert "| 1 | 300 | 100 | 3.0 | 4.0 | 75% | 20.0x | - |" in bench.to_markdown(results)
+    results["patching"]["1"]["matmul_peak_unpinned_gflops"] = 155.0
+    md3 = bench.to_markdown(results)
+    assert "| 1 | 300 | 100 | 3.0 | 4.0 | 75% | 20.0x | 155 |" in md3 and "MKL_CBWR=AVX2,STRICT" in md3
+    for key in ("fast_llama_gflop", "matmul_peak_gflops", "floor_s", "matmul_peak_unpinned_gflops"):
+        del results["patching"]["1"][key]
     # a results file from before the fast engine existed still renders
     del results["patching"]["1"]["fast_llama_s"], results["patching"]["1"]["speedup_fast_llama"]
     assert "| 1 | 60.0 | 6.0 | - | 0.50 | 10.0x | - | 120x |" in bench.to_markdown(results)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .env import trim_memory
-from .lab.hooks import Head, all_heads, declare_logits, head_label, head_outputs
+from .lab.hooks import Head, Metric, all_heads, declare_logits, head_label, head_outputs
 from .lab.patching import (KINDS, Kind, Patch, ablation_values, copies_runner, heads_replaced, patch_hooks, run_copies)
 from .lab.readout import DLA, direct_logit_attribution, kl_div
 from .lab.scores import ranks
@@ -78,7 +78,7 @@ class Task:
         return int(self.tokens.shape[0])
 
     @property
-    def metric(self) -> Callable:
+    def metric(self) -> Metric:
         """metric(logits): per-prompt logit difference at the final position (works on stacked
         copies of the batch). It declares the logits it reads (`hooks.declare_logits`)."""
         return declare_logits(self._logit_diff, torch.cat([self.answer, self.wrong]))

@@ -87,6 +87,14 @@ for _ in range(8): a @ a
 peak = 8 * 2 * 1536 ** 3 / (time.perf_counter() - t0)
 """
 
+#: The same throughput alone, in its own process (for MKL's unpinned path: ``MKL_CBWR=AUTO``).
+_MATMUL_RUNNER = r"""
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+""" + _MATMUL_PEAK + r"""
+print(json.dumps({"gflops": peak / 1e9}))
+"""
+
 _PATCH_RUNNER = r"""
 import json, sys, time, torch, warnings, contextlib, io as _io
 warnings.filterwarnings("ignore")
@@ -199,14 +207,6 @@ def last_suite_parts() -> dict:
         return json.loads((repo_root() / "artifacts" / "suite.json").read_text())
     except (OSError, ValueError):
         return {}
-
-
-_MATMUL_RUNNER = r"""
-import json, sys, time, torch
-torch.set_num_threads(int(sys.argv[1]))
-""" + _MATMUL_PEAK + r"""
-print(json.dumps({"gflops": peak / 1e9}))
-"""
 
 
 def bench_patching(threads: tuple[int, ...] = (1, 2)) -> dict:

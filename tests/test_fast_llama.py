@@ -120,5 +120,6 @@ def test_a_metric_that_reads_an_undeclared_logit_is_refused(smollm2, ds):
     with pytest.raises(ValueError, match="non-negative token ids"):
         hooks.declare_logits(honest, [])
     with pytest.raises(ValueError, match="token ids in 0.."):
-        fast_llama.LlamaRunner(smollm2).replace_heads(ds.tokens, [[Patch(2, 0, torch.zeros(2, ds.tokens.shape[1], 9, 64))]],
+        zeros = torch.zeros(*ds.tokens.shape, smollm2.cfg.n_heads, smollm2.cfg.d_head)
+        fast_llama.LlamaRunner(smollm2).replace_heads(ds.tokens, [[Patch(2, 0, zeros)]],
                                                       logit_ids=torch.tensor([smollm2.cfg.d_vocab]))
